@@ -1,0 +1,32 @@
+"""testtime: agentic test-time scaling under one global budget.
+
+Quick use::
+
+    import testtime
+    result = testtime.run("What is 17 * 23?", model="local", budget="tokens=4000")
+    print(result.answer, result.usage)
+"""
+
+from testtime.api import Result, arun, run
+from testtime.budget import Budget, BudgetLedger, Reservation, Usage
+from testtime.context import RunContext
+from testtime.errors import (
+    BudgetExhausted, CapabilityError, MissingDependency, ModelAPIError, TesttimeError, UserError,
+)
+from testtime.models import (
+    FunctionModel, Generation, GenerationRequest, Model, Price, ScriptedModel, load_model, set_price,
+)
+from testtime.search import Candidate, Problem, SearchResult, SearchStrategy, make_strategy
+from testtime.trace import JsonlWriter, TraceEvent, Tracer
+from testtime.verifiers import ProcessRewardModel, Verdict, Verifier, extract_answer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget", "BudgetExhausted", "BudgetLedger", "Candidate", "CapabilityError", "FunctionModel",
+    "Generation", "GenerationRequest", "JsonlWriter", "MissingDependency", "Model", "ModelAPIError",
+    "Price", "Problem", "ProcessRewardModel", "Reservation", "Result", "RunContext", "ScriptedModel",
+    "SearchResult", "SearchStrategy", "TesttimeError", "TraceEvent", "Tracer", "Usage", "UserError",
+    "Verdict", "Verifier", "__version__", "arun", "extract_answer", "load_model", "make_strategy",
+    "run", "set_price",
+]

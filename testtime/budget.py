@@ -1,0 +1,444 @@
+"""The global budget: limits, usage, and the ledger that enforces them.
+
+Every model call goes through :meth:`BudgetLedger.reserve`: the worst case
+(prompt upper bound + n x max_tokens, priced) is reserved *before* the call is
+sent and settled to the actual usage after it returns. A reservation that does
+not fit raises :class:`~testtime.errors.BudgetExhausted`; strategies catch it
+and return their best answer so far. Failed or cancelled calls release their
+reservation. Because reservations are checked against ``spent + reserved``,
+``spent <= limit`` holds on every dimension under any concurrency.
+
+Child ledgers carve a share of their parent for a stage or a subtree: a
+reservation in a child is also a reservation in every ancestor, so a child can
+never spend what its parent does not have. Budget a child did not use stays
+in the parent and so rolls over to whatever runs next.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from testtime.errors import BudgetExhausted, UserError
+
+#: Dimensions a budget may limit, in display order.
+DIMENSIONS: tuple[str, ...] = ("tokens", "input_tokens", "output_tokens", "calls", "usd", "seconds")
+_INT_DIMS = {"tokens", "input_tokens", "output_tokens", "calls"}
+_ALIASES = {
+    "token": "tokens",
+    "tok": "tokens",
+    "input": "input_tokens",
+    "output": "output_tokens",
+    "call": "calls",
+    "dollars": "usd",
+    "cost": "usd",
+    "s": "seconds",
+    "sec": "seconds",
+    "time": "seconds",
+}
+_SUFFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
+_NUMBER = re.compile(r"^\$?([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([kmg]?)$", re.I)
+_TIME_UNITS = (("min", 60.0), ("m", 60.0), ("h", 3600.0), ("sec", 1.0), ("s", 1.0))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Budget:
+    """Limits on any subset of the budget dimensions; ``None`` means unlimited.
+
+    ``tokens`` counts input + output tokens together; ``seconds`` is wall time
+    from the moment the ledger is created.
+    """
+
+    tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    calls: int | None = None
+    usd: float | None = None
+    seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in DIMENSIONS:
+            value = getattr(self, name)
+            if value is not None and (value != value or value < 0):
+                raise UserError(f"budget {name} must be a non-negative number, got {value!r}")
+
+    @classmethod
+    def parse(cls, spec: str | None) -> Budget:
+        """Parse ``"tokens=20k,usd=0.5,seconds=60"`` (k/M suffixes allowed).
+
+        Raises:
+            UserError: naming the part of the spec that could not be read.
+        """
+        if spec is None or not spec.strip():
+            return cls()
+        values: dict[str, float] = {}
+        for part in re.split(r"[,\s]+", spec.strip()):
+            if not part:
+                continue
+            if "=" not in part:
+                raise UserError(
+                    f"bad budget part {part!r} in {spec!r}: expected NAME=VALUE with NAME one of "
+                    f"{', '.join(DIMENSIONS)} (e.g. tokens=20k,usd=0.5,seconds=60)"
+                )
+            key, _, raw = part.partition("=")
+            key = key.strip().lower().replace("-", "_")
+            key = _ALIASES.get(key, key)
+            if key not in DIMENSIONS:
+                raise UserError(
+                    f"unknown budget dimension {key!r} in {spec!r}; known: {', '.join(DIMENSIONS)}"
+                )
+            if key in values:
+                raise UserError(f"budget dimension {key!r} given twice in {spec!r}")
+            values[key] = _parse_amount(key, raw.strip(), spec)
+        kwargs: dict[str, Any] = {
+            k: (int(v) if k in _INT_DIMS else float(v)) for k, v in values.items()
+        }
+        return cls(**kwargs)
+
+    def limits(self) -> dict[str, float]:
+        """The limited dimensions and their limits."""
+        return {n: getattr(self, n) for n in DIMENSIONS if getattr(self, n) is not None}
+
+    def is_unlimited(self) -> bool:
+        return not self.limits()
+
+    def scaled(self, fraction: float) -> Budget:
+        """This budget with every limit multiplied by ``fraction`` (for shares)."""
+        kw: dict[str, Any] = {}
+        for name, value in self.limits().items():
+            v = value * fraction
+            kw[name] = int(v) if name in _INT_DIMS else v
+        return replace(self, **kw)
+
+    def to_dict(self) -> dict[str, float]:
+        return self.limits()
+
+    def __str__(self) -> str:
+        if self.is_unlimited():
+            return "unlimited"
+        return ",".join(f"{k}={_fmt_amount(v)}" for k, v in self.limits().items())
+
+
+def _parse_amount(key: str, raw: str, spec: str) -> float:
+    text = raw.replace("_", "").strip()
+    scale = 1.0
+    if key == "seconds":
+        # Time units first, so "2min" is two minutes, not two million.
+        for unit, factor in _TIME_UNITS:
+            if text.lower().endswith(unit) and text[: -len(unit)].strip():
+                text, scale = text[: -len(unit)].strip(), factor
+                break
+    match = _NUMBER.match(text)
+    if not match:
+        raise UserError(
+            f"bad value {raw!r} for budget {key!r} in {spec!r}: expected a number "
+            f"with an optional k/M suffix, like 20k or 0.5"
+        )
+    number, suffix = match.groups()
+    value = float(number) * _SUFFIX[suffix.lower()] * scale
+    if key in _INT_DIMS and not float(value).is_integer():
+        value = float(int(value))
+    return value
+
+
+def _fmt_amount(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """What one or more model calls consumed (or may consume, when reserved).
+
+    ``cached_tokens`` is the part of ``input_tokens`` the backend served from
+    its prefix cache; it is informative and not a separate budget dimension.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    calls: int = 0
+    usd: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_tokens=self.cached_tokens + other.cached_tokens,
+            calls=self.calls + other.calls,
+            usd=self.usd + other.usd,
+        )
+
+    def amount(self, dimension: str) -> float:
+        """The quantity this usage has on a budget dimension (0 for seconds)."""
+        if dimension == "seconds":
+            return 0.0
+        if dimension == "tokens":
+            return float(self.tokens)
+        return float(getattr(self, dimension))
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_tokens": self.cached_tokens,
+            "tokens": self.tokens,
+            "calls": self.calls,
+            "usd": round(self.usd, 10),
+        }
+
+
+ZERO = Usage()
+
+
+@dataclass(slots=True, eq=False)
+class Reservation:
+    """A worst-case hold on the ledger for one call; settle or release it once."""
+
+    ledger: BudgetLedger
+    amount: Usage
+    role: str
+    id: int
+    done: bool = False
+
+    def settle(self, actual: Usage) -> None:
+        """Replace the hold by what the call actually used."""
+        self.ledger._finish(self, actual)
+
+    def release(self) -> None:
+        """Drop the hold without charging anything (call failed or was cancelled)."""
+        self.ledger._finish(self, None)
+
+
+@dataclass(slots=True)
+class _Totals:
+    spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DIMENSIONS, 0.0))
+    reserved: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DIMENSIONS, 0.0))
+
+
+class BudgetLedger:
+    """Enforces a :class:`Budget` across concurrent calls (thread- and task-safe).
+
+    Args:
+        budget: the limits.
+        name: a label used in errors and traces (e.g. a stage name).
+        parent: the ledger this one is carved from; reservations propagate up.
+        clock: time source (monotonic seconds); injectable for tests.
+    """
+
+    def __init__(
+        self,
+        budget: Budget | None = None,
+        *,
+        name: str = "run",
+        parent: BudgetLedger | None = None,
+        clock: Any = time.monotonic,
+        start_spent: Usage | None = None,
+    ) -> None:
+        self.budget = budget or Budget()
+        self.name = name
+        self.parent = parent
+        self._clock = clock
+        self._start = clock()
+        self._lock = threading.RLock() if parent is None else parent._lock
+        self._totals = _Totals()
+        self._usage = ZERO
+        self._by_role: dict[str, Usage] = {}
+        self._open: dict[int, Reservation] = {}
+        self._next_id = 0
+        self._seconds_offset = 0.0
+        self.refusals = 0
+        self.children: list[BudgetLedger] = []
+        if start_spent is not None:
+            self.restore(start_spent)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def usage(self) -> Usage:
+        """Actual usage settled so far in this ledger (children included)."""
+        return self._usage
+
+    def usage_by_role(self) -> dict[str, Usage]:
+        with self._lock:
+            return dict(self._by_role)
+
+    def elapsed(self) -> float:
+        return self._clock() - self._start + self._seconds_offset
+
+    def spent(self, dimension: str) -> float:
+        if dimension == "seconds":
+            return self.elapsed()
+        return self._totals.spent[dimension]
+
+    def reserved(self, dimension: str) -> float:
+        return self._totals.reserved[dimension]
+
+    def limit(self, dimension: str) -> float | None:
+        """The effective limit here: own limit, also bounded by ancestors' room."""
+        return getattr(self.budget, dimension)
+
+    def remaining(self, dimension: str) -> float:
+        """Room left on a dimension here and in every ancestor (inf if unlimited)."""
+        with self._lock:
+            room = float("inf")
+            node: BudgetLedger | None = self
+            while node is not None:
+                lim = node.limit(dimension)
+                if lim is not None:
+                    used = node.spent(dimension) + node.reserved(dimension)
+                    room = min(room, lim - used)
+                node = node.parent
+            return max(room, 0.0)
+
+    def open_reservations(self) -> int:
+        with self._lock:
+            return len(self._open)
+
+    def fraction_used(self) -> float:
+        """The largest spent/limit ratio over limited dimensions (0 if unlimited)."""
+        worst = 0.0
+        for dim, lim in self.budget.limits().items():
+            if lim > 0:
+                worst = max(worst, self.spent(dim) / lim)
+            else:
+                worst = 1.0
+        return worst
+
+    def snapshot(self) -> dict[str, dict[str, float]]:
+        """Limits, spent and reserved per dimension (for traces and live views)."""
+        with self._lock:
+            return {
+                dim: {
+                    "limit": getattr(self.budget, dim),
+                    "spent": self.spent(dim),
+                    "reserved": self.reserved(dim),
+                }
+                for dim in DIMENSIONS
+            }
+
+    # ------------------------------------------------------------- reserving
+    def reserve(self, amount: Usage, *, role: str = "solve") -> Reservation:
+        """Hold ``amount`` (a worst case) on this ledger and every ancestor.
+
+        Raises:
+            BudgetExhausted: the hold would let some dimension exceed its limit,
+                or the time budget is already used up.
+        """
+        with self._lock:
+            chain = self._chain()
+            for node in chain:
+                node._check(amount)
+            for node in chain:
+                for dim in DIMENSIONS:
+                    node._totals.reserved[dim] += amount.amount(dim)
+            self._next_id += 1
+            res = Reservation(ledger=self, amount=amount, role=role, id=self._next_id)
+            self._open[res.id] = res
+            return res
+
+    @contextmanager
+    def hold(self, amount: Usage, *, role: str = "solve") -> Iterator[Reservation]:
+        """Reserve for the duration of a block; released unless settled inside.
+
+        Any exception -- including ``asyncio.CancelledError``, a BaseException --
+        releases the reservation before propagating.
+        """
+        res = self.reserve(amount, role=role)
+        try:
+            yield res
+        except BaseException:
+            if not res.done:
+                res.release()
+            raise
+        if not res.done:
+            res.release()
+
+    def can_afford(self, amount: Usage) -> bool:
+        with self._lock:
+            try:
+                for node in self._chain():
+                    node._check(amount)
+            except BudgetExhausted:
+                return False
+            return True
+
+    def charge(self, actual: Usage, *, role: str = "solve") -> None:
+        """Record usage that was not reserved beforehand (e.g. restored state)."""
+        res = self.reserve(ZERO, role=role)
+        res.settle(actual)
+
+    def restore(self, spent: Usage, seconds: float = 0.0) -> None:
+        """Load spend from a checkpoint so a resumed run keeps the same total."""
+        with self._lock:
+            for dim in DIMENSIONS:
+                self._totals.spent[dim] += spent.amount(dim)
+            self._usage = self._usage + spent
+            self._seconds_offset += seconds
+
+    def child(self, budget: Budget | None = None, *, name: str = "child") -> BudgetLedger:
+        """A ledger whose reservations also count here; its own limits apply too."""
+        with self._lock:
+            kid = BudgetLedger(budget, name=name, parent=self, clock=self._clock)
+            self.children.append(kid)
+            return kid
+
+    def share(self, fraction: float, *, name: str = "child") -> BudgetLedger:
+        """A child limited to ``fraction`` of what remains here on every dimension."""
+        if not 0 < fraction <= 1:
+            raise UserError(f"budget share must be in (0, 1], got {fraction}")
+        kw: dict[str, Any] = {}
+        for dim in DIMENSIONS:
+            room = self.remaining(dim)
+            if room != float("inf"):
+                v = room * fraction
+                kw[dim] = int(v) if dim in _INT_DIMS else v
+        return self.child(Budget(**kw), name=name)
+
+    # ------------------------------------------------------------- internals
+    def _chain(self) -> list[BudgetLedger]:
+        chain: list[BudgetLedger] = []
+        node: BudgetLedger | None = self
+        while node is not None:
+            chain.append(node)
+            node = node.parent
+        return chain
+
+    def _check(self, amount: Usage) -> None:
+        for dim, lim in self.budget.limits().items():
+            if dim == "seconds":
+                if self.elapsed() >= lim:
+                    self.refusals += 1
+                    raise BudgetExhausted(dim, 0.0, 0.0, self.name)
+                continue
+            need = amount.amount(dim)
+            used = self._totals.spent[dim] + self._totals.reserved[dim]
+            # A small epsilon keeps float sums of USD prices from refusing an
+            # exact fit.
+            if used + need > lim + 1e-12:
+                self.refusals += 1
+                raise BudgetExhausted(dim, need, max(lim - used, 0.0), self.name)
+
+    def _finish(self, res: Reservation, actual: Usage | None) -> None:
+        with self._lock:
+            if res.done:
+                return
+            res.done = True
+            self._open.pop(res.id, None)
+            for node in self._chain():
+                for dim in DIMENSIONS:
+                    left = node._totals.reserved[dim] - res.amount.amount(dim)
+                    # Float USD sums drift by ~1e-18; snap them back to zero.
+                    node._totals.reserved[dim] = 0.0 if abs(left) < 1e-9 else left
+                if actual is not None:
+                    for dim in DIMENSIONS:
+                        node._totals.spent[dim] += actual.amount(dim)
+                    node._usage = node._usage + actual
+                    node._by_role[res.role] = node._by_role.get(res.role, ZERO) + actual

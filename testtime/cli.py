@@ -1,0 +1,182 @@
+"""The ``testtime`` command.
+
+Subcommands: ``run`` and ``models`` live here; other packages add theirs
+(``bench``, ``trace``, ``allocate``, ``compose``) through a ``register``
+function in their own ``cli`` module, so each capability owns its CLI code.
+
+Exit codes: 0 success, 1 runtime failure (a model API error after retries),
+2 bad input (one clear line, no traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from testtime.errors import ModelAPIError, TesttimeError, UserError
+
+#: Modules with a ``register(subparsers)`` that add subcommands when present.
+EXTENSIONS = ("testtime.search.cli", "testtime.trace.cli", "testtime.agents.cli")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default is exit 2 + usage; keep it short
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="testtime", description="Agentic test-time scaling under one global budget.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    _add_run(sub)
+    models = sub.add_parser("models", help="list model backends and whether each is usable here")
+    models.add_argument("--base-url", help="OpenAI-compatible server to probe")
+    models.add_argument("--json", action="store_true", help="print JSON")
+    models.set_defaults(func=_cmd_models)
+    for name in EXTENSIONS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser("run", help="answer a question (or run a task file) under a budget")
+    p.add_argument("question", nargs="?", help="the question to answer")
+    p.add_argument("--model", default=None, help="model spec: local (default), llamacpp:PATH.gguf, "
+                   "openai:MODEL, anthropic:MODEL, vllm:MODEL, sim[:NAME]")
+    p.add_argument("--base-url", help="base URL of an OpenAI-compatible server (or OPENAI_BASE_URL)")
+    p.add_argument("--strategy", default="self_consistency", help="search strategy (default self_consistency)")
+    p.add_argument("--budget", default=None, help="limits, e.g. tokens=20k,usd=0.5,seconds=60 "
+                   "(default tokens=4000)")
+    p.add_argument("--n", type=int, default=None, help="samples for sampling strategies (default: from budget)")
+    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
+    p.add_argument("--verifier", default=None, help="outcome verifier spec (math, code, genrm:MODEL, ...)")
+    p.add_argument("--prm", default=None, help="process reward model spec (prm:confidence, prm:llm:MODEL, ...)")
+    p.add_argument("--trace", default=None, metavar="FILE.jsonl", help="write trace events to this file")
+    p.add_argument("--max-tokens", type=int, default=None, help="max tokens of one solution")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    p.add_argument("--step-delimiter", default=None, help="reasoning step delimiter (default blank line)")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="strategy option, repeatable (e.g. -o beam_width=4)")
+    p.add_argument("--task", default=None, metavar="FILE.yaml", help="run a multi-stage task file")
+    p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
+                   help="task input, repeatable")
+    p.add_argument("--resume", default=None, metavar="RUN_ID", help="resume a checkpointed task run")
+    p.set_defaults(func=_cmd_run)
+
+
+def parse_options(pairs: Sequence[str], what: str = "--option") -> dict[str, Any]:
+    """``["k=v", ...]`` -> dict, values parsed as JSON when they look like it."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"bad {what} {pair!r}: expected KEY=VALUE")
+        key, _, raw = pair.partition("=")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = raw
+    return out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.task:
+        from testtime.orchestrator.cli_support import run_task_command
+
+        return run_task_command(args)
+    if args.resume:
+        raise UserError("--resume needs --task FILE.yaml (the task that was checkpointed)")
+    if not args.question:
+        raise UserError("testtime run: give a QUESTION (or --task FILE.yaml)")
+    if args.n is not None and args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    from testtime.api import arun, build_context
+    from testtime.search.registry import make_strategy
+    from testtime.trace.events import Tracer
+    from testtime.trace.jsonl import JsonlWriter
+
+    options = parse_options(args.option)
+    if args.n is not None:
+        options["n"] = args.n
+    # Build the strategy first so a bad name or option fails before any work.
+    strategy = make_strategy(args.strategy, **options)
+
+    tracer = Tracer()
+    if args.trace:
+        tracer.add_sink(JsonlWriter(args.trace))
+    ctx = build_context(model=args.model or "local", base_url=args.base_url, budget=args.budget,
+                        seed=args.seed, verifier=args.verifier, prm=args.prm, tracer=tracer,
+                        max_tokens=args.max_tokens, temperature=args.temperature,
+                        step_delimiter=args.step_delimiter)
+    kwargs = dict(strategy=strategy, seed=args.seed, context=ctx)
+
+    if args.json:
+        result = asyncio.run(arun(args.question, **kwargs))
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    from testtime.trace.live import LiveView
+
+    with LiveView(ctx.ledger, title=args.question, strategy=strategy.name, model=ctx.model.spec,
+                  context=ctx) as view:
+        tracer.add_sink(view)
+        result = asyncio.run(arun(args.question, **kwargs))
+    view.print_summary(result)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from testtime.models.availability import check_all, render_table
+
+    rows = check_all(base_url=args.base_url)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        render_table(rows)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.version:
+            from testtime import __version__
+
+            print(f"testtime {__version__}")
+            return 0
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"testtime: error: {exc}", file=sys.stderr)
+        return 2
+    except ModelAPIError as exc:
+        print(f"testtime: model error: {exc}", file=sys.stderr)
+        return 1
+    except TesttimeError as exc:
+        print(f"testtime: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("testtime: interrupted", file=sys.stderr)
+        return 130
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

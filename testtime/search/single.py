@@ -1,0 +1,41 @@
+"""``single``: one sample, no search -- the baseline every strategy must beat."""
+
+from __future__ import annotations
+
+from testtime.context import RunContext
+from testtime.errors import BudgetExhausted
+from testtime.search.base import (
+    Problem,
+    SearchResult,
+    SearchStrategy,
+    candidate_from,
+    fit_request,
+    solution_request,
+)
+
+
+class Single(SearchStrategy):
+    """Generate one solution and return its extracted answer."""
+
+    name = "single"
+
+    async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
+        full = solution_request(problem, ctx, n=1)
+        request = fit_request(ctx, full)
+        if request is None:
+            return SearchResult(answer=None, text="", stopped_reason="budget_exhausted")
+        try:
+            gens = await ctx.generate(request)
+        except BudgetExhausted:
+            return SearchResult(answer=None, text="", stopped_reason="budget_exhausted")
+        cand = candidate_from(gens[0])
+        # A sample cut short to fit the budget means the budget decided.
+        stopped = "budget_exhausted" if request.max_tokens < full.max_tokens else "done"
+        if ctx.verifier is not None:
+            try:
+                verdict = await ctx.verifier.verify(problem, cand.text, ctx)
+                cand.score = verdict.score
+            except BudgetExhausted:
+                stopped = "budget_exhausted"
+        return SearchResult(answer=cand.answer, text=cand.text, score=cand.score,
+                            candidates=[cand], stopped_reason=stopped)
