@@ -185,6 +185,11 @@ class Usage:
             return float(self.tokens)
         return float(getattr(self, dimension))
 
+    def amounts(self) -> tuple[float, ...]:
+        """Quantities on every dimension, in :data:`DIMENSIONS` order."""
+        return (float(self.input_tokens + self.output_tokens), float(self.input_tokens),
+                float(self.output_tokens), float(self.calls), float(self.usd), 0.0)
+
     def to_dict(self) -> dict[str, float]:
         return {
             "input_tokens": self.input_tokens,
@@ -244,6 +249,7 @@ class BudgetLedger:
         start_spent: Usage | None = None,
     ) -> None:
         self.budget = budget or Budget()
+        self._limits = tuple(self.budget.limits().items())
         self.name = name
         self.parent = parent
         self._clock = clock
@@ -336,9 +342,11 @@ class BudgetLedger:
             chain = self._chain()
             for node in chain:
                 node._check(amount)
+            amounts = amount.amounts()
             for node in chain:
-                for dim in DIMENSIONS:
-                    node._totals.reserved[dim] += amount.amount(dim)
+                reserved = node._totals.reserved
+                for dim, a in zip(DIMENSIONS, amounts, strict=True):
+                    reserved[dim] += a
             self._next_id += 1
             res = Reservation(ledger=self, amount=amount, role=role, id=self._next_id)
             self._open[res.id] = res
@@ -412,7 +420,7 @@ class BudgetLedger:
         return chain
 
     def _check(self, amount: Usage) -> None:
-        for dim, lim in self.budget.limits().items():
+        for dim, lim in self._limits:
             if dim == "seconds":
                 if self.elapsed() >= lim:
                     self.refusals += 1
@@ -432,13 +440,17 @@ class BudgetLedger:
                 return
             res.done = True
             self._open.pop(res.id, None)
+            held = res.amount.amounts()
+            used = actual.amounts() if actual is not None else None
             for node in self._chain():
-                for dim in DIMENSIONS:
-                    left = node._totals.reserved[dim] - res.amount.amount(dim)
+                reserved = node._totals.reserved
+                for dim, a in zip(DIMENSIONS, held, strict=True):
+                    left = reserved[dim] - a
                     # Float USD sums drift by ~1e-18; snap them back to zero.
-                    node._totals.reserved[dim] = 0.0 if abs(left) < 1e-9 else left
-                if actual is not None:
-                    for dim in DIMENSIONS:
-                        node._totals.spent[dim] += actual.amount(dim)
+                    reserved[dim] = 0.0 if abs(left) < 1e-9 else left
+                if actual is not None and used is not None:
+                    spent = node._totals.spent
+                    for dim, a in zip(DIMENSIONS, used, strict=True):
+                        spent[dim] += a
                     node._usage = node._usage + actual
                     node._by_role[res.role] = node._by_role.get(res.role, ZERO) + actual

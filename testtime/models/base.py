@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from testtime.budget import Usage
+from testtime.errors import UserError
 from testtime.models.prices import Price, price_for
 
 
@@ -47,8 +48,6 @@ class GenerationRequest:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from testtime.errors import UserError
-
         if self.prompt is None and not self.messages:
             raise UserError("a generation request needs a prompt or messages")
         if self.n < 1:

@@ -46,27 +46,28 @@ class SelfConsistency(SearchStrategy):
         self.batch = batch
 
     async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
-        n = self.n
-        if n is None:
-            n = affordable_n(ctx, solution_request(problem, ctx, n=1), cap=self.max_n)
-        ctx.tracer.emit("strategy_start", strategy=self.name, params={"n": n})
-        if n == 0:
-            # Not even one full-length sample fits: one shortened sample.
-            single = await Single().search(problem, ctx)
-            single.stats["n_requested"] = 0
-            return single
-        cands, stopped = await sample_solutions(problem, ctx, n, batch=self.batch)
-        # Worst-case reservations are loose; once they settle, the budget may
-        # afford more samples. Keep drawing while it does (derived n only).
-        while self.n is None and stopped == "done" and len(cands) < self.max_n:
-            more = affordable_n(ctx, solution_request(problem, ctx, n=1), cap=self.max_n - len(cands))
-            if more == 0:
+        target = self.n if self.n is not None else self.max_n
+        ctx.tracer.emit("strategy_start", strategy=self.name, params={"n": self.n, "max_n": self.max_n})
+        cands: list[Candidate] = []
+        stopped = "done"
+        # Worst-case reservations are loose; once a round settles, the budget
+        # may afford more samples. Draw rounds until the target is reached or
+        # not even one more sample fits.
+        while len(cands) < target:
+            k = affordable_n(ctx, solution_request(problem, ctx, n=1), cap=target - len(cands))
+            if k == 0:
                 stopped = "budget_exhausted"
                 break
-            extra, stopped = await sample_solutions(problem, ctx, more, batch=self.batch)
-            if not extra:
-                break
+            extra, stopped = await sample_solutions(problem, ctx, k, batch=self.batch)
             cands.extend(extra)
+            if stopped != "done" or not extra:
+                break
+        if not cands:
+            # Not even one full-length sample fits: one shortened sample.
+            single = await Single().search(problem, ctx)
+            single.stats["n_requested"] = target
+            return single
+        n = len(cands)
         if self.weighted and cands:
             stopped = await _score(problem, ctx, cands) or stopped
         winner, tally = vote(cands, weighted=self.weighted)

@@ -10,6 +10,7 @@ sees them, and so are strings that look like bearer tokens or API keys.
 from __future__ import annotations
 
 import contextvars
+import functools
 import re
 import time
 import uuid
@@ -36,6 +37,10 @@ EVENT_KINDS: dict[str, str] = {
     "strategy_start": "strategy, params",
     "strategy_end": "strategy, answer, stopped_reason",
     "checkpoint": "run_id, step",
+    "run_resumed": "completed_stages, restored_usage",
+    "verify_round": "verifier, round, score, passed, detail (workflow verify loop)",
+    "refine": "round, feedback",
+    "route": "stage, target",
     "note": "free-form message",
 }
 
@@ -43,14 +48,31 @@ _SECRET_KEY = re.compile(r"(api[_-]?key|authorization|secret|password|token_valu
 _SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
 
 
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    return bool(_SECRET_KEY.search(key))
+
+
 def redact(value: Any, key: str = "") -> Any:
     """Remove secrets from a value destined for a trace or log."""
-    if key and _SECRET_KEY.search(key):
+    kind = type(value)
+    if kind in _PLAIN and not key:
+        return value
+    if key and _secret_key(key):
         return "[redacted]"
     if isinstance(value, str):
-        return _SECRET_VALUE.sub("[redacted]", value)
+        # Cheap substring tests first: most strings hold no secret at all.
+        if "sk-" in value or "Bearer" in value:
+            return _SECRET_VALUE.sub("[redacted]", value)
+        return value
+    if kind in _PLAIN:
+        return value
     if isinstance(value, dict):
-        return {k: redact(v, str(k)) for k, v in value.items()}
+        return {k: (v if type(v) in _PLAIN and not _secret_key(str(k)) else redact(v, str(k)))
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value

@@ -1,0 +1,115 @@
+"""Orchestration overhead and parallel efficiency (numbers go in README).
+
+1. Zero-latency fake model: samples/s through the full stack (ledger
+   reservations, self-consistency strategy, tracing to an in-memory sink)
+   vs a bare ``asyncio.gather`` over the same fake model. Target: >= 50%.
+2. N concurrent samples against a loopback OpenAI-compatible HTTP server with
+   a fixed 100 ms latency, through the real ``openai`` backend and the full
+   stack (one request per sample): wall time vs one call. Target: <= 1.1x
+   for N <= 100.
+
+Run: ``python bench/overhead.py`` (add ``--quick`` for fewer repetitions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+import testtime
+from testtime.budget import Budget, BudgetLedger
+from testtime.context import RunContext
+from testtime.models.base import GenerationRequest
+from testtime.models.registry import load_model
+from testtime.models.scripted import ScriptedModel
+from testtime.search.self_consistency import SelfConsistency
+from testtime.testing import LoopbackOpenAIServer
+from testtime.trace.events import Tracer
+
+
+async def bare_gather(model: ScriptedModel, n: int, batch: int) -> float:
+    """The same model work with nothing around it: n samples, batch per request."""
+    req = GenerationRequest(prompt="What is 2+2?", max_tokens=16, n=batch)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(model.generate(req) for _ in range(n // batch)))
+    return time.perf_counter() - t0
+
+
+async def full_stack(model: ScriptedModel, n: int, batch: int) -> float:
+    events: list[object] = []
+    tracer = Tracer(sinks=[events.append])
+    ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)), tracer=tracer, max_tokens=16)
+    t0 = time.perf_counter()
+    result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=batch), context=ctx)
+    elapsed = time.perf_counter() - t0
+    if len(result.candidates) != n:
+        raise RuntimeError(f"expected {n} candidates, got {len(result.candidates)}")
+    return elapsed
+
+
+def overhead_rows(reps: int) -> list[tuple[str, float, float, float]]:
+    rows = []
+    n = 2000
+    for batch in (1, 8):
+        bare, stack = [], []
+        for _ in range(reps):
+            model = ScriptedModel(["The answer is 4."])
+            bare.append(asyncio.run(bare_gather(model, n, batch)))
+            stack.append(asyncio.run(full_stack(model, n, batch)))
+        b, s = statistics.median(bare), statistics.median(stack)
+        rows.append((f"{n} samples, {batch}/request", n / b, n / s, b / s))
+    return rows
+
+
+async def loopback_wall(base_url: str, n: int) -> float:
+    model = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real")
+    ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)), max_tokens=16)
+    t0 = time.perf_counter()
+    result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=1), context=ctx)
+    elapsed = time.perf_counter() - t0
+    await model.aclose()
+    if len(result.candidates) != n:
+        raise RuntimeError(f"expected {n} candidates, got {len(result.candidates)}")
+    return elapsed
+
+
+def parallel_rows(reps: int) -> list[tuple[int, float, float]]:
+    rows = []
+    with LoopbackOpenAIServer(latency=0.1, reply="The answer is 4.") as srv:
+        asyncio.run(loopback_wall(srv.base_url, 1))  # warm up connections and imports
+        one = statistics.median(asyncio.run(loopback_wall(srv.base_url, 1)) for _ in range(reps))
+        for n in (1, 10, 100):
+            wall = statistics.median(asyncio.run(loopback_wall(srv.base_url, n)) for _ in range(reps))
+            rows.append((n, wall, wall / one))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    args = parser.parse_args()
+    reps = 2 if args.quick else 5
+    console = Console()
+
+    t = Table(title="Orchestration overhead, zero-latency fake model (median of runs)")
+    for col in ("workload", "bare gather samples/s", "full stack samples/s", "stack / bare"):
+        t.add_column(col, justify="right")
+    for name, bare, stack, ratio in overhead_rows(reps):
+        t.add_row(name, f"{bare:,.0f}", f"{stack:,.0f}", f"{ratio:.0%}")
+    console.print(t)
+
+    p = Table(title="Parallel efficiency, loopback server with 100 ms latency (openai backend)")
+    for col in ("concurrent samples N", "wall (s)", "wall / one call"):
+        p.add_column(col, justify="right")
+    for n, wall, ratio in parallel_rows(reps):
+        p.add_row(str(n), f"{wall:.3f}", f"{ratio:.2f}x")
+    console.print(p)
+
+
+if __name__ == "__main__":
+    main()
