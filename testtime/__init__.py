@@ -16,6 +16,7 @@ from testtime.errors import (
 from testtime.models import (
     FunctionModel, Generation, GenerationRequest, Model, Price, ScriptedModel, load_model, set_price,
 )
+from testtime.orchestrator import Route, Stage, Workflow, WorkflowResult, load_task
 from testtime.search import Candidate, Problem, SearchResult, SearchStrategy, make_strategy
 from testtime.trace import JsonlWriter, TraceEvent, Tracer
 from testtime.verifiers import ProcessRewardModel, Verdict, Verifier, extract_answer
@@ -25,7 +26,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Budget", "BudgetExhausted", "BudgetLedger", "Candidate", "CapabilityError", "FunctionModel",
     "Generation", "GenerationRequest", "JsonlWriter", "MissingDependency", "Model", "ModelAPIError",
-    "Price", "Problem", "ProcessRewardModel", "Reservation", "Result", "RunContext", "ScriptedModel",
+    "Price", "Problem", "ProcessRewardModel", "Reservation", "Result", "Route", "RunContext",
+    "ScriptedModel", "Stage", "Workflow", "WorkflowResult", "load_task",
     "SearchResult", "SearchStrategy", "TesttimeError", "TraceEvent", "Tracer", "Usage", "UserError",
     "Verdict", "Verifier", "__version__", "arun", "extract_answer", "load_model", "make_strategy",
     "run", "set_price",
