@@ -60,9 +60,10 @@ class _FakeBase(Model):
             if idx >= 0:
                 text = text[:idx]
                 reason = "stop"
-        words = text.split(" ")
         if word_tokens(text) > request.max_tokens:
-            text = " ".join([w for w in words if w][: request.max_tokens])
+            # Split on any whitespace (as word_tokens counts): newlines inside a
+            # "word" once let the reply exceed max_tokens and the reservation.
+            text = " ".join(text.split()[: request.max_tokens])
             reason = "length"
         out = word_tokens(text)
         lps = None
