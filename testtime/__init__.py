@@ -7,21 +7,46 @@ Quick use::
     print(result.answer, result.usage)
 """
 
+from typing import Any
+
 from testtime.api import Result, arun, run
 from testtime.budget import Budget, BudgetLedger, Reservation, Usage
 from testtime.context import RunContext
 from testtime.errors import (
-    BudgetExhausted, CapabilityError, MissingDependency, ModelAPIError, TesttimeError, UserError,
+    BudgetExhausted,
+    CapabilityError,
+    MissingDependency,
+    ModelAPIError,
+    TesttimeError,
+    UserError,
 )
 from testtime.models import (
-    FunctionModel, Generation, GenerationRequest, Model, Price, ScriptedModel, load_model, set_price,
+    FunctionModel,
+    Generation,
+    GenerationRequest,
+    Model,
+    Price,
+    ScriptedModel,
+    load_model,
+    set_price,
 )
-from testtime.orchestrator import Route, Stage, Workflow, WorkflowResult, load_task
 from testtime.search import Candidate, Problem, SearchResult, SearchStrategy, make_strategy
 from testtime.trace import JsonlWriter, TraceEvent, Tracer
 from testtime.verifiers import ProcessRewardModel, Verdict, Verifier, extract_answer
 
 __version__ = "0.1.0"
+
+# The orchestrator pulls in LangGraph; import it only when a name is used so
+# `testtime run QUESTION` starts fast.
+_LAZY = {"Route", "Stage", "Workflow", "WorkflowResult", "load_task"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from testtime import orchestrator
+
+        return getattr(orchestrator, name)
+    raise AttributeError(f"module 'testtime' has no attribute {name!r}")
 
 __all__ = [
     "Budget", "BudgetExhausted", "BudgetLedger", "Candidate", "CapabilityError", "FunctionModel",

@@ -11,13 +11,13 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def testtime_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "testtime.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
 
 
 def test_embedded_model_answers_through_testtime_run() -> None:
-    proc = testtime_cli("run", "What is 2 + 2?", "--model", "local", "--strategy", "single",
+    proc = run_cli("run", "What is 2 + 2?", "--model", "local", "--strategy", "single",
                         "--max-tokens", "48", "--seed", "0", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -28,7 +28,7 @@ def test_embedded_model_answers_through_testtime_run() -> None:
 
 
 def test_tiny_token_budget_is_never_exceeded_on_the_real_model() -> None:
-    proc = testtime_cli("run", "Explain why the sky is blue.", "--model", "local",
+    proc = run_cli("run", "Explain why the sky is blue.", "--model", "local",
                         "--budget", "tokens=200", "--seed", "1", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
@@ -37,7 +37,7 @@ def test_tiny_token_budget_is_never_exceeded_on_the_real_model() -> None:
 
 
 def test_live_view_on_the_real_model_prints_summary() -> None:
-    proc = testtime_cli("run", "Say hello.", "--model", "local", "--strategy", "single",
+    proc = run_cli("run", "Say hello.", "--model", "local", "--strategy", "single",
                         "--max-tokens", "16", "--budget", "tokens=400")
     assert proc.returncode == 0, proc.stderr
     assert "Answer:" in proc.stdout and "Spend" in proc.stdout

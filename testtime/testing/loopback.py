@@ -23,6 +23,13 @@ from typing import Any
 Reply = str | Callable[[dict[str, Any]], str]
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a burst of 100 connects
+    # would overflow it and stall on TCP SYN retransmits (~1 s).
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class LoopbackOpenAIServer:
     """Serves ``POST /v1/chat/completions`` and ``GET /v1/models`` on 127.0.0.1."""
 
@@ -71,7 +78,7 @@ class LoopbackOpenAIServer:
                     time.sleep(server.latency)
                 self._send(200, server._completion(body))
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
