@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
+import sys
 import time
 
 from rich.console import Console
@@ -28,7 +30,6 @@ from testtime.models.base import GenerationRequest
 from testtime.models.registry import load_model
 from testtime.models.scripted import ScriptedModel
 from testtime.search.self_consistency import SelfConsistency
-from testtime.testing import LoopbackOpenAIServer
 from testtime.trace.events import Tracer
 
 
@@ -66,27 +67,41 @@ def overhead_rows(reps: int) -> list[tuple[str, float, float, float]]:
     return rows
 
 
-async def loopback_wall(base_url: str, n: int) -> float:
-    model = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real")
-    ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)), max_tokens=16)
+async def loopback_wall(model: object, n: int) -> float:
+    ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)), max_tokens=16)  # type: ignore[arg-type]
     t0 = time.perf_counter()
     result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=1), context=ctx)
     elapsed = time.perf_counter() - t0
-    await model.aclose()
     if len(result.candidates) != n:
         raise RuntimeError(f"expected {n} candidates, got {len(result.candidates)}")
     return elapsed
 
 
-def parallel_rows(reps: int) -> list[tuple[int, float, float]]:
+async def _parallel(base_url: str, reps: int) -> list[tuple[int, float, float]]:
+    model = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real")
+    # Warm the connection pool to the largest N, as a long-running service would be.
+    await loopback_wall(model, 100)
+    one = statistics.median([await loopback_wall(model, 1) for _ in range(reps)])
     rows = []
-    with LoopbackOpenAIServer(latency=0.1, reply="The answer is 4.") as srv:
-        asyncio.run(loopback_wall(srv.base_url, 1))  # warm up connections and imports
-        one = statistics.median(asyncio.run(loopback_wall(srv.base_url, 1)) for _ in range(reps))
-        for n in (1, 10, 100):
-            wall = statistics.median(asyncio.run(loopback_wall(srv.base_url, n)) for _ in range(reps))
-            rows.append((n, wall, wall / one))
+    for n in (1, 10, 100):
+        wall = statistics.median([await loopback_wall(model, n) for _ in range(reps)])
+        rows.append((n, wall, wall / one))
+    await model.aclose()
     return rows
+
+
+def parallel_rows(reps: int) -> list[tuple[int, float, float]]:
+    """The server runs in its own process so it does not share our GIL."""
+    proc = subprocess.Popen([sys.executable, "-m", "testtime.testing.loopback", "--latency", "0.1",
+                             "--reply", "The answer is 4."], stdout=subprocess.PIPE, text=True)
+    try:
+        if proc.stdout is None:
+            raise RuntimeError("loopback server did not start")
+        base_url = proc.stdout.readline().strip()
+        return asyncio.run(_parallel(base_url, reps))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def main() -> None:

@@ -125,3 +125,31 @@ class LoopbackOpenAIServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def main() -> None:
+    """``python -m testtime.testing.loopback --latency 0.1``: serve until killed.
+
+    Prints the base URL on the first line of stdout, so a benchmark can run
+    the server in its own process (no GIL shared with the client).
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="loopback OpenAI-compatible server")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--reply", default="The answer is 42.")
+    args = parser.parse_args()
+    server = LoopbackOpenAIServer(latency=args.latency, reply=args.reply)
+    print(server.base_url, flush=True)
+    try:
+        server._thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
