@@ -1,0 +1,202 @@
+"""``entropic_pf``: particle filtering that resists premature exploitation.
+
+After "Mitigating Premature Exploitation in Particle-based Monte Carlo for
+Inference-Time Scaling". PRMs are overconfident early in a solution, so plain
+PF resamples the whole population onto the few particles the PRM happened to
+like at step one or two (particle impoverishment). Two fixes on top of
+:class:`~testtime.search.particle_filter.ParticleFilter`:
+
+1. **Entropic Annealing.** Before resampling, compute the normalised entropy
+   H(w) / log N of the weights. When it is below the step's threshold, raise
+   the softmax temperature -- the smallest temperature in
+   [temperature, max_temperature] found by bisection -- until the entropy
+   reaches the threshold again (or max_temperature is hit). The threshold
+   follows a schedule that is stricter early in the trajectory::
+
+       threshold(t) = base + (1 - base) * early_boost * decay ** t
+
+   With the defaults (base 0.5, early_boost 0.6, decay 0.5) that is 0.80 at
+   step 0, 0.65 at step 1, 0.575 at step 2, tending to 0.5: early weights,
+   where the PRM is least trustworthy, are flattened the most.
+2. **Look-ahead Modulation.** Before resampling, each unfinished particle
+   (each distinct state) samples one short successor step
+   (``lookahead_tokens``) that is scored by the PRM but not kept; the
+   particle's score becomes ``(1 - alpha) * score + alpha * lookahead_score``,
+   judging a state by where it leads rather than only by how it looks.
+
+The annealing is exposed as pure functions (:func:`entropy_threshold`,
+:func:`anneal_temperature`, :func:`annealed_weights`, :func:`modulate`) so it
+can be checked on constructed weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from testtime.context import RunContext
+from testtime.errors import BudgetExhausted, UserError
+from testtime.search.base import Problem, SearchTree, step_request
+from testtime.search.particle_filter import ParticleFilter
+from testtime.search.particles import normalized_entropy, softmax, transform_score
+from testtime.search.stepwise import run_waves, score_steps, trajectory_cost
+
+
+def entropy_threshold(step: int, *, base: float = 0.5, early_boost: float = 0.6,
+                      decay: float = 0.5) -> float:
+    """The normalised-entropy threshold at trajectory step ``step`` (0-based).
+
+    ``base + (1 - base) * early_boost * decay ** step``: highest at the first
+    step and decaying geometrically to ``base``.
+    """
+    if not 0.0 <= base <= 1.0:
+        raise UserError(f"entropy threshold base must be in [0, 1], got {base}")
+    return min(1.0, base + (1.0 - base) * early_boost * decay ** max(step, 0))
+
+
+def anneal_temperature(values: Sequence[float], temperature: float, threshold: float, *,
+                       max_temperature: float = 50.0, iters: int = 40) -> float:
+    """The smallest temperature >= ``temperature`` whose softmax weights reach
+    normalised entropy ``threshold``.
+
+    The entropy of softmax(values / T) grows monotonically with T, so a
+    bisection (in log-temperature) finds it. Returns ``temperature`` when the
+    weights are already diverse enough and ``max_temperature`` when even that
+    does not restore the threshold.
+    """
+    if normalized_entropy(softmax(values, temperature)) >= threshold:
+        return temperature
+    if max_temperature <= temperature or normalized_entropy(softmax(values, max_temperature)) < threshold:
+        return max(max_temperature, temperature)
+    lo, hi = temperature, max_temperature
+    for _ in range(iters):
+        mid = (lo * hi) ** 0.5
+        if normalized_entropy(softmax(values, mid)) >= threshold:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def annealed_weights(values: Sequence[float], temperature: float, threshold: float, *,
+                     max_temperature: float = 50.0) -> tuple[list[float], float, bool]:
+    """Resampling weights with entropic annealing.
+
+    Returns ``(weights, temperature_used, annealed)``; ``annealed`` is True
+    when the entropy at ``temperature`` was below ``threshold`` and the
+    temperature was raised.
+    """
+    weights = softmax(values, temperature)
+    if normalized_entropy(weights) >= threshold:
+        return weights, temperature, False
+    t = anneal_temperature(values, temperature, threshold, max_temperature=max_temperature)
+    return softmax(values, t), t, True
+
+
+def modulate(score: float, lookahead_score: float | None, alpha: float) -> float:
+    """Blend a state's PRM score with its look-ahead successor's score."""
+    if lookahead_score is None:
+        return score
+    return (1.0 - alpha) * score + alpha * lookahead_score
+
+
+class EntropicParticleFilter(ParticleFilter):
+    """Particle filtering with Entropic Annealing and Look-ahead Modulation.
+
+    Takes every :class:`ParticleFilter` argument, plus:
+
+    Args:
+        entropy_base: the threshold the schedule decays to.
+        early_boost: how much stricter the threshold is at step 0 (fraction
+            of the gap between ``entropy_base`` and 1).
+        decay: geometric decay of the boost per step.
+        max_temperature: upper bound of the temperature search.
+        anneal: turn Entropic Annealing off with False (ablations).
+        lookahead: turn Look-ahead Modulation off with False (ablations).
+        lookahead_tokens: max tokens of a look-ahead step (None:
+            ctx.step_max_tokens // 4, at least 8).
+        alpha: weight of the look-ahead score in [0, 1].
+    """
+
+    name = "entropic_pf"
+
+    def __init__(self, n_particles: int | None = None, *, entropy_base: float = 0.5,
+                 early_boost: float = 0.6, decay: float = 0.5, max_temperature: float = 50.0,
+                 anneal: bool = True, lookahead: bool = True, lookahead_tokens: int | None = None,
+                 alpha: float = 0.5, **kwargs: Any) -> None:
+        super().__init__(n_particles, **kwargs)
+        if not 0.0 <= alpha <= 1.0:
+            raise UserError(f"entropic_pf alpha must be in [0, 1], got {alpha}")
+        if not 0.0 <= entropy_base <= 1.0:
+            raise UserError(f"entropic_pf entropy_base must be in [0, 1], got {entropy_base}")
+        if lookahead_tokens is not None and lookahead_tokens < 1:
+            raise UserError(f"entropic_pf lookahead_tokens must be >= 1, got {lookahead_tokens}")
+        self.entropy_base = entropy_base
+        self.early_boost = early_boost
+        self.decay = decay
+        self.max_temperature = max_temperature
+        self.anneal = anneal
+        self.lookahead = lookahead
+        self.lookahead_tokens = lookahead_tokens
+        self.alpha = alpha
+
+    def _lookahead_tokens(self, ctx: RunContext) -> int:
+        return self.lookahead_tokens or max(8, ctx.step_max_tokens // 4)
+
+    def _extra_tokens_per_step(self, ctx: RunContext) -> int:
+        return self._lookahead_tokens(ctx) if self.lookahead else 0
+
+    def _repeat_cost_factor(self, problem: Problem, ctx: RunContext, n_prev: int) -> float:
+        if not self.lookahead or n_prev >= 2:
+            return 1.0
+        # A lone particle ran without look-ahead; the next population will not.
+        steps = self.expected_steps or self.default_expected_steps(ctx)
+        plain = trajectory_cost(problem, ctx, steps).tokens
+        probed = trajectory_cost(problem, ctx, steps, extra_tokens_per_step=self._lookahead_tokens(ctx)).tokens
+        return probed / max(plain, 1)
+
+    def _weights(self, scores: list[float], rnd: int, stats: dict[str, Any]) -> list[float]:
+        values = [transform_score(s, self.transform) for s in scores]
+        if not self.anneal:
+            return softmax(values, self.temperature)
+        threshold = entropy_threshold(rnd, base=self.entropy_base, early_boost=self.early_boost,
+                                      decay=self.decay)
+        weights, temp, annealed = annealed_weights(values, self.temperature, threshold,
+                                                   max_temperature=self.max_temperature)
+        if annealed:
+            before = normalized_entropy(softmax(values, self.temperature))
+            stats.setdefault("annealed", []).append(
+                {"round": rnd, "threshold": round(threshold, 4), "entropy_before": round(before, 4),
+                 "entropy_after": round(normalized_entropy(weights), 4), "temperature": round(temp, 4)})
+        return weights
+
+    async def _modulate(self, problem: Problem, ctx: RunContext, tree: SearchTree,
+                        slots: list[int], scores: list[float], stats: dict[str, Any]) -> list[float]:
+        if not self.lookahead or len(set(slots)) < 2:
+            # A lone particle's weight is 1 whatever its successor: no probe.
+            return scores
+        # One probe per distinct unfinished state: duplicates share a state.
+        states = [n for n in dict.fromkeys(slots) if n != 0 and not self._finished(tree, n)]
+        if not states:
+            return scores
+        max_tokens = self._lookahead_tokens(ctx)
+        requests = [step_request(problem, ctx, tree.steps(n), max_tokens=max_tokens) for n in states]
+        # A refusal here only means some states go unmodulated; the next
+        # round's step calls will stop the search if the budget is gone.
+        results, _ = await run_waves(ctx, requests, role="lookahead")
+        probe: dict[int, float] = {}
+
+        async def one(node: int, text: str) -> None:
+            try:
+                s = await score_steps(problem, ctx, [*tree.steps(node), text], stats)
+            except BudgetExhausted:
+                return
+            probe[node] = s[-1]
+            tree.set(node, lookahead_score=s[-1])
+
+        await asyncio.gather(*(one(node, gens[0].text.strip("\n"))
+                               for node, gens in zip(states, results, strict=True)
+                               if gens and gens[0].text.strip()))
+        stats["lookaheads"] = stats.get("lookaheads", 0) + len(probe)
+        return [modulate(sc, probe.get(node), self.alpha) for sc, node in zip(scores, slots, strict=True)]

@@ -1,0 +1,265 @@
+"""Building blocks for step-level search with a PRM (MCTS, A*, particle filters).
+
+Every helper spends through ``ctx.generate`` / ``ctx.prm`` / ``ctx.verifier``
+and reports budget refusals instead of hiding them, so strategies stay
+anytime: they stop expanding and return the best they have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from testtime.budget import Usage
+from testtime.context import RunContext
+from testtime.errors import BudgetExhausted, UserError
+from testtime.models.base import Generation, GenerationRequest
+from testtime.search.base import (
+    Candidate,
+    Problem,
+    SearchTree,
+    fit_request,
+    is_terminal_step,
+    solution_request,
+    step_request,
+)
+from testtime.verifiers.answer import extract_answer
+from testtime.verifiers.base import AGGREGATIONS, Verdict, aggregate
+
+#: How a node's step scores fold into one state score. "last" is the PRM's
+#: estimate for the current state (what Puri et al. call model aggregation).
+SCORE_AGGREGATIONS = AGGREGATIONS
+
+
+def require_prm(ctx: RunContext, strategy: str) -> None:
+    """Raise a UserError naming the fix when a PRM-driven strategy has no PRM."""
+    if ctx.prm is None:
+        raise UserError(f"strategy {strategy!r} needs a process reward model: pass --prm SPEC "
+                        "(or set ctx.prm)")
+
+
+def check_aggregation(how: str) -> str:
+    if how not in SCORE_AGGREGATIONS:
+        raise UserError(f"unknown score aggregation {how!r}; choose one of {', '.join(SCORE_AGGREGATIONS)}")
+    return how
+
+
+def can_afford(ctx: RunContext, *requests: GenerationRequest) -> bool:
+    """True when the worst cases of all ``requests`` fit together right now."""
+    total = Usage()
+    for r in requests:
+        total = total + ctx.model.worst_case(r)
+    return ctx.ledger.can_afford(total)
+
+
+async def run_waves(ctx: RunContext, requests: Sequence[GenerationRequest], *,
+                    role: str = "solve") -> tuple[list[list[Generation] | None], bool]:
+    """Send ``requests`` concurrently in waves that fit the budget.
+
+    Sending everything at once would reserve every worst case together and
+    get refusals even when settled usage would leave room, so each wave takes
+    the longest prefix of the pending requests whose worst cases fit now.
+    Returns one result per request (None where refused) and whether any
+    request was refused.
+    """
+    results: list[list[Generation] | None] = [None] * len(requests)
+    pending = list(range(len(requests)))
+    refused = False
+    while pending:
+        wave: list[int] = []
+        total = Usage()
+        for i in pending:
+            nxt = total + ctx.model.worst_case(requests[i])
+            if not ctx.ledger.can_afford(nxt):
+                break
+            total = nxt
+            wave.append(i)
+        if not wave:
+            return results, True
+
+        async def one(i: int) -> tuple[int, list[Generation] | None]:
+            try:
+                return i, await ctx.generate(requests[i], role=role)
+            except BudgetExhausted:
+                return i, None
+
+        for i, gens in await asyncio.gather(*(one(i) for i in wave)):
+            results[i] = gens
+            refused = refused or gens is None
+        pending = pending[len(wave):]
+        if refused:
+            # Someone else took the room (shared ledger): stop here.
+            return results, True
+    return results, refused
+
+
+def add_step_nodes(tree: SearchTree, parent: int, gens: Sequence[Generation], *,
+                   max_steps: int | None = None) -> list[int]:
+    """Add one child per generated step; a step at ``max_steps`` is capped."""
+    out = []
+    for g in gens:
+        text = g.text.strip("\n")
+        terminal = is_terminal_step(g, text)
+        node = tree.add(parent, text, tokens=g.usage.output_tokens, terminal=terminal,
+                        finish_reason=g.finish_reason, logprob=g.mean_logprob())
+        if not terminal and max_steps is not None and tree[node]["step"] >= max_steps:
+            tree.set(node, capped=True)
+        out.append(node)
+    return out
+
+
+async def expand(problem: Problem, ctx: RunContext, tree: SearchTree, node: int, k: int, *,
+                 max_steps: int | None = None, logprobs: bool = False) -> list[int]:
+    """Sample up to ``k`` next steps after ``node`` in one call.
+
+    ``k`` shrinks to what the budget affords; raises BudgetExhausted when not
+    even one step fits.
+    """
+    request = step_request(problem, ctx, tree.steps(node), n=k, logprobs=logprobs)
+    while k > 1 and not can_afford(ctx, request):
+        k -= 1
+        request = request.with_(n=k)
+    gens = await ctx.generate(request)
+    return add_step_nodes(tree, node, gens, max_steps=max_steps)
+
+
+def state_score(scores: Sequence[float], how: str = "last") -> float:
+    """Fold a path's step scores into one score for the current state."""
+    return aggregate(list(scores), how) if scores else 0.0
+
+
+async def score_nodes(problem: Problem, ctx: RunContext, tree: SearchTree, nodes: Sequence[int],
+                      stats: dict[str, Any], *, how: str = "last") -> bool:
+    """PRM-score each node's path concurrently; sets ``score`` and ``step_scores``.
+
+    Nodes already scored are skipped. Returns False when a PRM call was
+    refused by the budget (those nodes stay unscored).
+    """
+    todo = list(dict.fromkeys(n for n in nodes if tree[n].get("step_scores") is None))
+
+    async def one(n: int) -> bool:
+        try:
+            scores = await ctx.prm.score_steps(problem, tree.steps(n), ctx)  # type: ignore[union-attr]
+        except BudgetExhausted:
+            return False
+        stats["prm_calls"] = stats.get("prm_calls", 0) + 1
+        tree.set(n, step_scores=[float(s) for s in scores], score=state_score(scores, how))
+        return True
+
+    ok = await asyncio.gather(*(one(n) for n in todo))
+    return all(ok)
+
+
+async def score_steps(problem: Problem, ctx: RunContext, steps: Sequence[str],
+                      stats: dict[str, Any]) -> list[float]:
+    """One PRM call (counted in ``stats["prm_calls"]``); may raise BudgetExhausted."""
+    scores = await ctx.prm.score_steps(problem, list(steps), ctx)  # type: ignore[union-attr]
+    stats["prm_calls"] = stats.get("prm_calls", 0) + 1
+    return [float(s) for s in scores]
+
+
+async def verify(problem: Problem, ctx: RunContext, text: str, stats: dict[str, Any]) -> Verdict:
+    """One verifier call (counted in ``stats["verifier_calls"]``); may raise BudgetExhausted."""
+    verdict = await ctx.verifier.verify(problem, text, ctx)  # type: ignore[union-attr]
+    stats["verifier_calls"] = stats.get("verifier_calls", 0) + 1
+    return verdict
+
+
+def path_tokens(tree: SearchTree, node: int) -> int:
+    return sum(tree[n]["tokens"] for n in tree.path(node))
+
+
+def node_candidate(tree: SearchTree, node: int, *, score: float | None = None) -> Candidate:
+    """The solution ending at ``node`` as a Candidate."""
+    text = tree.path_text(node)
+    return Candidate(text=text, answer=extract_answer(text),
+                     score=tree[node].get("score") if score is None else score,
+                     tokens=path_tokens(tree, node), node=node)
+
+
+def completion_request(problem: Problem, ctx: RunContext, tree: SearchTree, node: int,
+                       max_tokens: int | None = None) -> GenerationRequest:
+    """A request for the rest of the solution after ``node``'s steps."""
+    prefix = tree.path_text(node)
+    if prefix:
+        prefix += tree.delimiter
+    return solution_request(problem, ctx, prefix=prefix, max_tokens=max_tokens)
+
+
+async def complete(problem: Problem, ctx: RunContext, tree: SearchTree, node: int, *,
+                   max_tokens: int | None = None, role: str = "solve") -> Candidate | None:
+    """Finish the partial solution at ``node`` in one call (shortened to fit).
+
+    Returns the completed candidate (``data["completed_from"] = node``) or
+    None when the budget cannot pay for even a short completion.
+    """
+    request = fit_request(ctx, completion_request(problem, ctx, tree, node, max_tokens))
+    if request is None:
+        return None
+    try:
+        gens = await ctx.generate(request, role=role)
+    except BudgetExhausted:
+        return None
+    text = request.prefix + gens[0].text
+    return Candidate(text=text, answer=extract_answer(text), tokens=path_tokens(tree, node)
+                     + gens[0].usage.output_tokens, node=node, data={"completed_from": node})
+
+
+_SPEND_DIMS = ("tokens", "input_tokens", "output_tokens", "calls", "usd")
+
+
+def spend_snapshot(ctx: RunContext) -> dict[str, float]:
+    """What the ledger has spent so far on each countable dimension."""
+    return {dim: ctx.ledger.spent(dim) for dim in _SPEND_DIMS}
+
+
+def repeats_affordable(ctx: RunContext, before: dict[str, float], units: int, *,
+                       cap: int, safety: float = 1.25) -> int:
+    """How many more units (e.g. particles) the budget affords, judged by the
+    real spend of the last ``units`` since ``before``, with a safety margin.
+
+    Returns 0 when nothing is limited (an unlimited run does not repeat).
+    """
+    if units <= 0:
+        return 0
+    best = math.inf
+    for dim in _SPEND_DIMS:
+        room = ctx.ledger.remaining(dim)
+        per = (ctx.ledger.spent(dim) - before[dim]) / units
+        if room != math.inf and per > 0:
+            best = min(best, room / (per * safety))
+    if math.isinf(best):
+        return 0
+    return max(0, min(cap, int(best)))
+
+
+def trajectory_cost(problem: Problem, ctx: RunContext, steps: int, *,
+                    extra_tokens_per_step: int = 0) -> Usage:
+    """Worst-case cost of growing one partial solution by ``steps`` steps.
+
+    Step-level search re-sends the prompt and the growing prefix with every
+    step, so input grows with depth; the estimate assumes each step uses
+    ``ctx.step_max_tokens``. ``extra_tokens_per_step`` adds one more call per
+    step of that many output tokens on the same prefix (look-ahead probes).
+    """
+    total = Usage()
+    filler = "x " * ctx.step_max_tokens
+    for j in range(steps):
+        request = step_request(problem, ctx, [filler] * j)
+        total = total + ctx.model.worst_case(request)
+        if extra_tokens_per_step:
+            total = total + ctx.model.worst_case(request.with_(max_tokens=extra_tokens_per_step))
+    return total
+
+
+def affordable_count(ctx: RunContext, cost: Usage) -> float:
+    """How many times ``cost`` fits in what remains (inf if nothing limits it)."""
+    units = math.inf
+    for dim in _SPEND_DIMS:
+        need = cost.amount(dim)
+        room = ctx.ledger.remaining(dim)
+        if need > 0 and room != math.inf:
+            units = min(units, room / need)
+    return units

@@ -1,0 +1,251 @@
+"""Simulated process reward models (``--prm sim`` / ``sim:NAME``).
+
+A :class:`SimPRM` knows, for each step of a simulator solution, whether the
+solution is still correct after that step: it rebuilds the task from the
+question and checks the running total each step states (the same text any
+grader would read). Its score is a noisy, *calibrated* posterior:
+
+    z = (+mu if correct else -mu) + Normal(0, sigma)
+    score = sigmoid(gain * 2 * mu * z / sigma**2)
+
+With ``gain = 1`` this is exactly P(correct | z) under a 50% prior, so scores
+are calibrated; ``sigma`` sets how informative they are. Variants
+(:data:`PRMS`):
+
+* ``calibrated`` -- informative and calibrated at every step;
+* ``noisy`` -- calibrated but weak (large sigma);
+* ``overconfident`` -- later steps like ``calibrated``, but the first
+  ``early_steps`` are both noisier and pushed toward 0/1 (``gain > 1``): the
+  overconfident-early failure that makes particle filters collapse onto a few
+  trajectories, which entropic particle filtering targets.
+
+Scores are deterministic for a given (PRM seed, question, step texts): scoring
+the same prefix twice gives the same numbers, as a real PRM would.
+
+Scoring costs budget: each call goes through ``ctx.generate`` (role
+``"verify"``) to a :class:`SimPRMModel`, billed ``ceil(token_scale x tokens
+read)`` input tokens (question + steps) and one output token per step.
+``token_scale`` (default 0.25) models a PRM cheaper per token than the policy
+(e.g. a 1.5B PRM next to a 7B policy); set it to 1 to bill it like the policy.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from testtime.errors import UserError
+from testtime.models.base import Capabilities, Generation, GenerationRequest, Model
+from testtime.models.prices import Price
+from testtime.sim.policy import count_words
+from testtime.sim.tasks import SimTask, task_from_question
+from testtime.verifiers.answer import extract_answer, normalize_answer
+from testtime.verifiers.base import AGGREGATIONS, ProcessRewardModel
+
+if TYPE_CHECKING:
+    from testtime.context import RunContext
+    from testtime.search.base import Problem
+
+_VALUE = re.compile(r"Step (\d+): .*? to get (-?\d+)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PRMConfig:
+    """Behaviour of a simulated PRM (see the module docstring).
+
+    Attributes:
+        mu: signal strength (half the distance between the two score clusters).
+        sigma: noise of later steps.
+        early_steps: how many first steps use ``early_sigma`` and ``early_gain``.
+        early_sigma: noise of the early steps.
+        early_gain: logit multiplier of the early steps (> 1: overconfident).
+        token_scale: fraction of the tokens read that is billed.
+        price: USD per million tokens.
+        seed: selects the noise draw (a different seed is a different PRM).
+    """
+
+    mu: float = 1.0
+    sigma: float = 0.8
+    early_steps: int = 0
+    early_sigma: float = 0.8
+    early_gain: float = 1.0
+    token_scale: float = 0.25
+    price: Price = Price(0.1, 0.1)
+    seed: int = 0
+
+
+#: Named PRM variants for ``sim:NAME`` (plain ``sim`` is ``calibrated``).
+PRMS: dict[str, PRMConfig] = {
+    "calibrated": PRMConfig(),
+    "noisy": PRMConfig(sigma=1.6, early_sigma=1.6),
+    "overconfident": PRMConfig(early_steps=2, early_sigma=1.6, early_gain=4.0),
+}
+
+
+def step_correctness(task: SimTask, steps: Sequence[str]) -> list[bool]:
+    """Whether the solution is still correct after each step.
+
+    A step that states a running total is correct when the total is right
+    (and every earlier step was); a step stating none inherits the previous
+    status; a stated final answer must equal the task's answer.
+    """
+    out: list[bool] = []
+    ok = True
+    for text in steps:
+        ok = ok and _step_ok(task, text)
+        out.append(ok)
+    return out
+
+
+def _step_ok(task: SimTask, text: str) -> bool:
+    """Whether one step is right, given that the steps before it were."""
+    m = _VALUE.search(text)
+    if m is not None:
+        j = int(m.group(1))
+        totals = task.totals
+        if not (1 <= j <= len(totals) and int(m.group(2)) == totals[j - 1]):
+            return False
+    if "answer" in text.lower():
+        return normalize_answer(extract_answer(text)) == str(task.answer)
+    return True
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+class SimPRMModel(Model):
+    """The 'model' behind a :class:`SimPRM`: returns step scores in ``raw``.
+
+    It reads the steps from ``request.metadata["steps"]`` (the PRM passes
+    them; the prefix holds the same text for billing).
+    """
+
+    backend = "sim"
+
+    def __init__(self, name: str, config: PRMConfig) -> None:
+        super().__init__(f"prm-{name}", price=config.price)
+        self.config = config
+        self._memo: dict[tuple[int, int], tuple[bool, float]] = {}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(native_n=True, exact_token_count=True)
+
+    def count_tokens(self, text: str) -> int:
+        return count_words(text)
+
+    def billed_input(self, request: GenerationRequest) -> int:
+        read = sum(count_words(m.get("content", "")) for m in request.chat_messages())
+        read += count_words(request.prefix)
+        return math.ceil(self.config.token_scale * read)
+
+    def input_upper_bound(self, request: GenerationRequest) -> int:
+        return self.billed_input(request)
+
+    async def generate(self, request: GenerationRequest) -> list[Generation]:
+        steps = list(request.metadata.get("steps", ()))
+        task = task_from_question(request.prompt or "")
+        scores = self.scores(task, steps)
+        text = " ".join(f"{s:.4f}" for s in scores)
+        usage = self.usage(self.billed_input(request), min(len(scores), request.max_tokens))
+        return [Generation(text=text, finish_reason="eos", usage=usage, model=self.name, raw=scores)]
+
+    def scores(self, task: SimTask, steps: Sequence[str]) -> list[float]:
+        """Noisy calibrated scores, deterministic in (seed, task, step texts)."""
+        cfg = self.config
+        out = []
+        ok = True
+        crc = zlib.crc32(task.id.encode())
+        for i, text in enumerate(steps):
+            crc = zlib.crc32(text.encode(), crc)
+            # Search re-scores the same prefixes over and over; the memo
+            # (keyed by the whole prefix through its CRC chain) saves the work.
+            hit = self._memo.get((crc, i))
+            if hit is None:
+                ok = ok and _step_ok(task, text)
+                early = i < cfg.early_steps
+                sigma = cfg.early_sigma if early else cfg.sigma
+                gain = cfg.early_gain if early else 1.0
+                z = (cfg.mu if ok else -cfg.mu) + random.Random(hash((cfg.seed, crc))).gauss(0.0, sigma)
+                hit = (ok, _sigmoid(gain * 2.0 * cfg.mu * z / (sigma * sigma)))
+                if len(self._memo) > 200_000:
+                    self._memo.clear()
+                self._memo[(crc, i)] = hit
+            ok = hit[0]
+            out.append(hit[1])
+        return out
+
+
+class SimPRM(ProcessRewardModel):
+    """A simulated PRM that spends through the ledger (role ``"verify"``).
+
+    Args:
+        name: the variant (a key of :data:`PRMS`) or a label.
+        config: its behaviour; defaults to ``PRMS[name]``.
+        aggregation: how :meth:`score` folds step scores.
+    """
+
+    name = "sim"
+
+    def __init__(self, name: str = "calibrated", config: PRMConfig | None = None,
+                 *, aggregation: str = "min") -> None:
+        cfg = config or PRMS.get(name)
+        if cfg is None:
+            raise UserError(f"unknown simulated PRM {name!r}; choose one of {', '.join(PRMS)}")
+        if aggregation not in AGGREGATIONS:
+            raise UserError(f"unknown PRM aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+        self.variant = name
+        self.config = cfg
+        self.aggregation = aggregation
+        self.model = SimPRMModel(name, cfg)
+
+    @property
+    def spec(self) -> str:
+        return f"sim:{self.variant}"
+
+    async def score_steps(self, problem: Problem, steps: Sequence[str], ctx: RunContext) -> list[float]:
+        if not steps:
+            return []
+        request = GenerationRequest(prompt=problem.question, prefix="\n\n".join(steps),
+                                    max_tokens=len(steps), temperature=0.0,
+                                    metadata={"steps": tuple(steps)})
+        gens = await ctx.generate(request, role="verify", model=self.model)
+        scores = list(gens[0].raw)
+        ctx.tracer.emit("prm_scores", prm=self.spec, scores=[round(s, 4) for s in scores],
+                        aggregate=None)
+        return scores
+
+
+def load(name: str = "", **options: Any) -> SimPRM:
+    """Registry loader for ``--prm sim`` / ``sim:NAME``.
+
+    Options: ``aggregation`` (min/last/product/mean) and any
+    :class:`PRMConfig` field (``sigma``, ``early_gain``, ``token_scale``,
+    ``seed``...). ``ctx`` is accepted and ignored.
+    """
+    name = name or "calibrated"
+    base = PRMS.get(name)
+    if base is None:
+        raise UserError(f"unknown simulated PRM {name!r}; choose one of {', '.join(PRMS)}")
+    options = dict(options)
+    options.pop("ctx", None)
+    aggregation = str(options.pop("aggregation", "min"))
+    fields = {"mu", "sigma", "early_steps", "early_sigma", "early_gain", "token_scale", "seed"}
+    unknown = set(options) - fields
+    if unknown:
+        raise UserError(f"unknown option(s) for PRM sim:{name}: {', '.join(sorted(unknown))}; "
+                        f"known: aggregation, {', '.join(sorted(fields))}")
+    changes = {k: type(getattr(base, k))(v) for k, v in options.items() if v is not None}
+    cfg = replace(base, **changes) if changes else base
+    if cfg.sigma <= 0 or cfg.early_sigma <= 0 or cfg.token_scale < 0:
+        raise UserError("sim PRM needs sigma > 0, early_sigma > 0 and token_scale >= 0")
+    return SimPRM(name, cfg, aggregation=aggregation)
