@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from testtime.errors import BudgetExhausted, UserError
@@ -223,10 +223,8 @@ class Reservation:
         self.ledger._finish(self, None)
 
 
-@dataclass(slots=True)
-class _Totals:
-    spent: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DIMENSIONS, 0.0))
-    reserved: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DIMENSIONS, 0.0))
+_INDEX = {dim: i for i, dim in enumerate(DIMENSIONS)}
+_NDIM = len(DIMENSIONS)
 
 
 class BudgetLedger:
@@ -249,15 +247,19 @@ class BudgetLedger:
         start_spent: Usage | None = None,
     ) -> None:
         self.budget = budget or Budget()
-        self._limits = tuple(self.budget.limits().items())
+        self._limits = tuple((_INDEX[d], d, lim) for d, lim in self.budget.limits().items())
         self.name = name
         self.parent = parent
         self._clock = clock
         self._start = clock()
         self._lock = threading.RLock() if parent is None else parent._lock
-        self._totals = _Totals()
-        self._usage = ZERO
-        self._by_role: dict[str, Usage] = {}
+        # Spent and reserved per dimension, indexed like DIMENSIONS.
+        self._spent = [0.0] * _NDIM
+        self._reserved = [0.0] * _NDIM
+        # Settled usage as plain floats [input, output, cached, calls, usd]:
+        # adding dataclasses on every settle is measurable on the hot path.
+        self._acc = [0.0] * 5
+        self._role_acc: dict[str, list[float]] = {}
         self._open: dict[int, Reservation] = {}
         self._next_id = 0
         self._seconds_offset = 0.0
@@ -270,11 +272,12 @@ class BudgetLedger:
     @property
     def usage(self) -> Usage:
         """Actual usage settled so far in this ledger (children included)."""
-        return self._usage
+        with self._lock:
+            return _usage_of(self._acc)
 
     def usage_by_role(self) -> dict[str, Usage]:
         with self._lock:
-            return dict(self._by_role)
+            return {role: _usage_of(acc) for role, acc in self._role_acc.items()}
 
     def elapsed(self) -> float:
         return self._clock() - self._start + self._seconds_offset
@@ -282,10 +285,10 @@ class BudgetLedger:
     def spent(self, dimension: str) -> float:
         if dimension == "seconds":
             return self.elapsed()
-        return self._totals.spent[dimension]
+        return self._spent[_INDEX[dimension]]
 
     def reserved(self, dimension: str) -> float:
-        return self._totals.reserved[dimension]
+        return self._reserved[_INDEX[dimension]]
 
     def limit(self, dimension: str) -> float | None:
         """The effective limit here: own limit, also bounded by ancestors' room."""
@@ -344,9 +347,9 @@ class BudgetLedger:
                 node._check(amount)
             amounts = amount.amounts()
             for node in chain:
-                reserved = node._totals.reserved
-                for dim, a in zip(DIMENSIONS, amounts, strict=True):
-                    reserved[dim] += a
+                reserved = node._reserved
+                for i in range(_NDIM):
+                    reserved[i] += amounts[i]
             self._next_id += 1
             res = Reservation(ledger=self, amount=amount, role=role, id=self._next_id)
             self._open[res.id] = res
@@ -386,9 +389,9 @@ class BudgetLedger:
     def restore(self, spent: Usage, seconds: float = 0.0) -> None:
         """Load spend from a checkpoint so a resumed run keeps the same total."""
         with self._lock:
-            for dim in DIMENSIONS:
-                self._totals.spent[dim] += spent.amount(dim)
-            self._usage = self._usage + spent
+            for i, a in enumerate(spent.amounts()):
+                self._spent[i] += a
+            _accumulate(self._acc, spent)
             self._seconds_offset += seconds
 
     def child(self, budget: Budget | None = None, *, name: str = "child") -> BudgetLedger:
@@ -420,14 +423,15 @@ class BudgetLedger:
         return chain
 
     def _check(self, amount: Usage) -> None:
-        for dim, lim in self._limits:
+        amounts = amount.amounts()
+        for i, dim, lim in self._limits:
             if dim == "seconds":
                 if self.elapsed() >= lim:
                     self.refusals += 1
                     raise BudgetExhausted(dim, 0.0, 0.0, self.name)
                 continue
-            need = amount.amount(dim)
-            used = self._totals.spent[dim] + self._totals.reserved[dim]
+            need = amounts[i]
+            used = self._spent[i] + self._reserved[i]
             # A small epsilon keeps float sums of USD prices from refusing an
             # exact fit.
             if used + need > lim + 1e-12:
@@ -443,14 +447,30 @@ class BudgetLedger:
             held = res.amount.amounts()
             used = actual.amounts() if actual is not None else None
             for node in self._chain():
-                reserved = node._totals.reserved
-                for dim, a in zip(DIMENSIONS, held, strict=True):
-                    left = reserved[dim] - a
+                reserved = node._reserved
+                for i in range(_NDIM):
+                    left = reserved[i] - held[i]
                     # Float USD sums drift by ~1e-18; snap them back to zero.
-                    reserved[dim] = 0.0 if abs(left) < 1e-9 else left
+                    reserved[i] = 0.0 if -1e-9 < left < 1e-9 else left
                 if actual is not None and used is not None:
-                    spent = node._totals.spent
-                    for dim, a in zip(DIMENSIONS, used, strict=True):
-                        spent[dim] += a
-                    node._usage = node._usage + actual
-                    node._by_role[res.role] = node._by_role.get(res.role, ZERO) + actual
+                    spent = node._spent
+                    for i in range(_NDIM):
+                        spent[i] += used[i]
+                    _accumulate(node._acc, actual)
+                    role_acc = node._role_acc.get(res.role)
+                    if role_acc is None:
+                        role_acc = node._role_acc[res.role] = [0.0] * 5
+                    _accumulate(role_acc, actual)
+
+
+def _accumulate(acc: list[float], u: Usage) -> None:
+    acc[0] += u.input_tokens
+    acc[1] += u.output_tokens
+    acc[2] += u.cached_tokens
+    acc[3] += u.calls
+    acc[4] += u.usd
+
+
+def _usage_of(acc: list[float]) -> Usage:
+    return Usage(input_tokens=int(acc[0]), output_tokens=int(acc[1]), cached_tokens=int(acc[2]),
+                 calls=int(acc[3]), usd=acc[4])

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from testtime.budget import BudgetLedger, Usage
 from testtime.errors import BudgetExhausted
-from testtime.models.base import Generation, GenerationRequest, Model, total_usage
+from testtime.models.base import Generation, GenerationRequest, Model
 from testtime.trace.events import NullTracer, Tracer, current_tracer
 
 if TYPE_CHECKING:
@@ -107,17 +107,31 @@ class RunContext:
         finally:
             self.in_flight -= 1
             current_tracer.reset(token)
-        actual = replace(total_usage(gens), calls=1)
+        actual = _call_usage(gens)
         if actual.tokens > worst.tokens or actual.usd > worst.usd + 1e-12:
             self.tracer.emit("note", message=f"{model.spec} reported more usage than its worst case",
                              reserved=worst.to_dict(), actual=actual.to_dict())
         res.settle(actual)
-        self.tracer.emit(
-            "model_call", model=model.spec, role=role, n=request.n,
-            usage=actual.to_dict(), latency_s=round(time.monotonic() - t0, 6),
-            finish_reasons=[g.finish_reason for g in gens],
-        )
+        if self.tracer.sinks:  # skip building the event when nobody listens
+            self.tracer.emit(
+                "model_call", model=model.spec, role=role, n=request.n,
+                usage=actual.to_dict(), latency_s=round(time.monotonic() - t0, 6),
+                finish_reasons=[g.finish_reason for g in gens],
+            )
         return gens
 
     def usage(self) -> Usage:
         return self.ledger.usage
+
+
+def _call_usage(gens: list[Generation]) -> Usage:
+    """Sum of the generations' usage, counted as one call (one reservation)."""
+    inp = out = cached = 0
+    usd = 0.0
+    for g in gens:
+        u = g.usage
+        inp += u.input_tokens
+        out += u.output_tokens
+        cached += u.cached_tokens
+        usd += u.usd
+    return Usage(input_tokens=inp, output_tokens=out, cached_tokens=cached, calls=1, usd=usd)
