@@ -1,27 +1,37 @@
 """The live terminal view of a run (``testtime run`` without ``--json``).
 
-A :class:`LiveView` is a trace sink: it counts events as they arrive and a
-rich ``Live`` display redraws from them and from the ledger a few times a
-second: one bar per limited budget dimension (spent, plus reserved in
-flight), calls in flight, spend by role, the search tree's growth and the
-latest events. When the run ends, :meth:`LiveView.print_summary` prints the
-answer, why the run stopped, the spend, and the top candidates.
+A :class:`LiveView` is a trace sink: each event is folded into a
+:class:`~testtime.trace.render.TraceTree` (the structure ``testtime trace
+show`` draws: run -> stages -> strategies -> search nodes with scores and
+tokens) and a few counters, in constant time. A rich ``Live`` display
+redraws a few times a second: the tree, cut to fit the terminal (finished
+stages fold to one line, a strategy shows its best few nodes plus the latest
+ones and a ``+M more`` line), one bar per limited budget dimension (spent,
+plus reserved in flight), calls in flight, spend by role and the latest
+events. The last frame stays on screen; :meth:`LiveView.print_summary` then
+prints the answer, why the run stopped, the spend, and the top candidates.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
+from rich.control import Control
 from rich.live import Live
+from rich.live_render import LiveRender
 from rich.panel import Panel
+from rich.rule import Rule
+from rich.segment import ControlType, Segment
 from rich.table import Table
 from rich.text import Text
 
 from testtime.budget import DIMENSIONS, BudgetLedger
 from testtime.trace.events import TraceEvent
+from testtime.trace.render import TraceTree
 
 if TYPE_CHECKING:
     from testtime.api import Result
@@ -29,6 +39,8 @@ if TYPE_CHECKING:
 
 _SHOWN = {"model_call", "verdict", "budget_refused", "retry", "error", "stage_start", "stage_end",
           "search_round", "node_selected", "prm_scores", "note"}
+#: Kinds the tree has no use for (and that can be frequent).
+_NOT_TREE = frozenset({"checkpoint"})
 
 
 def _fmt(dim: str, v: float | None) -> str:
@@ -55,12 +67,81 @@ def bar(fraction: float, reserved: float = 0.0, width: int = 28) -> Text:
     return t
 
 
+class _InPlaceRender(LiveRender):
+    """A live render that redraws over the last frame instead of erasing it first.
+
+    Rich's default erases every line of the frame, then writes the new one; a
+    terminal that receives the frame in several reads (a 40-line frame is
+    well over a pty's 4 KiB) shows a half-blank panel in between, which is
+    flicker. Here each line overwrites the old one (erasing only its tail)
+    and lines the new frame no longer covers are cleared at the end.
+    """
+
+    in_place = True
+
+    def position_cursor(self) -> Control:
+        if self._shape is None or not self.in_place:
+            return super().position_cursor()
+        _, height = self._shape
+        return Control(ControlType.CARRIAGE_RETURN, *(((ControlType.CURSOR_UP, 1),) * (height - 1)))
+
+    def __rich_console__(self, console: Console, options: Any) -> Iterator[Segment]:
+        old = self.last_render_height if self.in_place else 0
+        width = options.max_width
+        eol = Control((ControlType.ERASE_IN_LINE, 0)).segment
+        line: list[Segment] = []
+
+        def finish() -> Iterator[Segment]:
+            yield from line
+            # A full-width line leaves the cursor in the pending-wrap column,
+            # where erasing would eat the last character: only erase short lines.
+            if Segment.get_line_length(line) < width:
+                yield eol
+
+        for seg in super().__rich_console__(console, options):
+            if seg.text == "\n" and not seg.control:
+                yield from finish()
+                yield seg
+                line = []
+            else:
+                line.append(seg)
+        yield from finish()
+        extra = old - self.last_render_height
+        if extra > 0:
+            for _ in range(extra):
+                yield Segment.line()
+                yield Control((ControlType.ERASE_IN_LINE, 2)).segment
+            yield Control(*(((ControlType.CURSOR_UP, 1),) * extra)).segment
+
+
+class _Live(Live):
+    """``Live`` that redraws in place, except when other output is printed
+    above it (then the frame must be erased so the output does not mix in)."""
+
+    def process_renderables(self, renderables: list[Any]) -> list[Any]:
+        render = self._live_render
+        if isinstance(render, _InPlaceRender):
+            render.in_place = all(isinstance(r, Control) for r in renderables)
+        return super().process_renderables(renderables)
+
+
 class LiveView:
-    """Rich live display fed by trace events; use as a context manager."""
+    """Rich live display fed by trace events; use as a context manager.
+
+    Args:
+        ledger: the run's ledger (the budget bars read it at each redraw).
+        title: the question or task name (panel subtitle).
+        strategy: strategy name for the panel title.
+        model: model spec for the panel title.
+        context: the run's context, for the count of calls in flight.
+        console: where to draw (default: stderr).
+        refresh_per_second: redraws per second.
+        transient: erase the display at the end instead of leaving the last frame.
+    """
 
     def __init__(self, ledger: BudgetLedger, *, title: str = "", strategy: str = "", model: str = "",
                  context: RunContext | None = None, console: Console | None = None,
-                 refresh_per_second: float = 8.0) -> None:
+                 refresh_per_second: float = 8.0, transient: bool = False) -> None:
         self.ledger = ledger
         self.title = title
         self.strategy = strategy
@@ -76,9 +157,13 @@ class LiveView:
         self.errors = 0
         self.stage: str | None = None
         self.stages: dict[str, str] = {}
-        self.recent: deque[str] = deque(maxlen=6)
-        self._live = Live(console=self.console, refresh_per_second=refresh_per_second,
-                          get_renderable=self.render, transient=True, auto_refresh=True)
+        self.recent: deque[TraceEvent] = deque(maxlen=6)
+        self.tree = TraceTree()
+        self._live = _Live(console=self.console, refresh_per_second=refresh_per_second,
+                           get_renderable=self.render, transient=transient, auto_refresh=True)
+        if isinstance(getattr(self._live, "_live_render", None), LiveRender):
+            old = self._live._live_render
+            self._live._live_render = _InPlaceRender(old.renderable, vertical_overflow=old.vertical_overflow)
 
     # ------------------------------------------------------------ trace sink
     def __call__(self, event: TraceEvent) -> None:
@@ -106,17 +191,26 @@ class LiveView:
                 name = d.get("stage") or event.stage
                 if name:
                     self.stages[name] = "done"
+            if kind not in _NOT_TREE:
+                # Same key order as TraceEvent.to_dict, so the tree sees what a JSONL file holds.
+                self.tree.add({"kind": kind, "run_id": event.run_id, "stage": event.stage, **d})
             if kind in _SHOWN:
-                self.recent.append(self._describe(event))
+                # Described lazily: only the last few are ever drawn.
+                self.recent.append(event)
 
     @staticmethod
     def _describe(event: TraceEvent) -> str:
+        # One row each: event text (a stage's answer text...) may hold newlines.
+        return " ".join(LiveView._describe_raw(event).split())[:300]
+
+    @staticmethod
+    def _describe_raw(event: TraceEvent) -> str:
         d = event.data
         where = f"[{event.stage}] " if event.stage else ""
         if event.kind == "model_call":
             u = d.get("usage", {})
             return (f"{where}{d.get('role', '')} call {d.get('model', '')} n={d.get('n')} "
-                    f"{u.get('output_tokens', 0)} out tok, {d.get('latency_s', 0):.2f}s")
+                    f"{u.get('output_tokens', 0)} out tok, {float(d.get('latency_s') or 0):.2f}s")
         if event.kind == "budget_refused":
             return f"{where}budget refused {d.get('dimension')}: needs {d.get('requested')}, left {d.get('remaining')}"
         if event.kind == "verdict":
@@ -125,16 +219,16 @@ class LiveView:
             return f"{where}retry {d.get('model', '')} attempt {d.get('attempt')}: {d.get('error', '')}"
         if event.kind == "error":
             return f"{where}error: {d.get('error', '')}"
-        parts = ", ".join(f"{k}={v}" for k, v in list(d.items())[:4])
+        parts = ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in list(d.items())[:4])
         return f"{where}{event.kind} {parts}"
 
     # -------------------------------------------------------------- drawing
-    def render(self) -> Panel:
+    def _budget_rows(self) -> Table:
         snap = self.ledger.snapshot()
         table = Table.grid(padding=(0, 1))
-        table.add_column(justify="right", style="bold")
-        table.add_column()
-        table.add_column(justify="right")
+        table.add_column(justify="right", style="bold", no_wrap=True)
+        table.add_column(no_wrap=True)
+        table.add_column(justify="right", no_wrap=True)
         limited = False
         for dim in DIMENSIONS:
             lim = snap[dim]["limit"]
@@ -144,26 +238,42 @@ class LiveView:
             spent, reserved = snap[dim]["spent"], snap[dim]["reserved"]
             frac = spent / lim if lim else 1.0
             rfrac = reserved / lim if lim else 0.0
-            table.add_row(dim, bar(frac, rfrac), f"{_fmt(dim, spent)} / {_fmt(dim, lim)}")
+            table.add_row(dim, bar(frac, rfrac), f"{_fmt(dim, spent)} / {_fmt(dim, lim)}"
+                          + (f"  (+{_fmt(dim, reserved)} in flight)" if reserved else ""))
         if not limited:
             table.add_row("budget", Text("unlimited", style="dim"), "")
+        return table
+
+    def render(self) -> Panel:
+        """One frame: the trace tree cut to the terminal, budget bars, counters, latest events.
+
+        Costs O(rows drawn + stages), however many events came in.
+        """
+        # Read the ledger before taking our lock: never hold both at once.
+        budget = self._budget_rows()
+        roles = self.ledger.usage_by_role()
         in_flight = self.context.in_flight if self.context is not None else 0
+        height = self.console.size.height
+        n_recent = 0 if height < 24 else 2 if height < 36 else 4
+        # Panel border (2), budget rows, status, roles, the rule above the events.
+        fixed = 2 + budget.row_count + 2 + (n_recent + 1 if n_recent else 0)
         with self._lock:
+            tree = self.tree.live_tree(max_lines=max(height - fixed - 1, 4))
             status = Text.assemble(
                 ("calls ", "bold"), str(self.calls), ("  in flight ", "bold"), str(in_flight),
                 ("  nodes ", "bold"), str(self.nodes),
                 ("  best ", "bold"), "-" if self.best_score is None else f"{self.best_score:.3f}",
                 ("  refused ", "bold"), str(self.refusals), ("  retries ", "bold"), str(self.retries),
+                ("  errors ", "bold"), str(self.errors), no_wrap=True, overflow="ellipsis",
             )
-            roles = self.ledger.usage_by_role()
-            role_line = Text("  ".join(f"{r}: {u.tokens:,} tok" for r, u in roles.items()) or "no spend yet",
-                             style="cyan")
-            stages = Text("  ".join(f"{s} ({st})" for s, st in self.stages.items()), style="magenta")
-            recent = Text("\n".join(self.recent) or "waiting for the first call...", style="dim")
-        parts: list[Any] = [table, status, role_line]
-        if self.stages:
-            parts.append(stages)
-        parts.append(recent)
+            recent = [self._describe(e) for e in list(self.recent)[-n_recent:]] if n_recent else []
+        role_line = Text("  ".join(f"{r}: {u.tokens:,} tok ({u.calls} calls)" for r, u in roles.items())
+                         or "no spend yet", style="cyan", no_wrap=True, overflow="ellipsis")
+        parts: list[Any] = [tree, budget, status, role_line]
+        if n_recent:
+            parts.append(Rule(style="dim"))
+            parts.append(Text("\n".join(recent) or "waiting for the first call...", style="dim",
+                              no_wrap=True, overflow="ellipsis"))
         head = f"{self.strategy} on {self.model}"
         title = (self.title[:70] + "...") if len(self.title) > 70 else self.title
         return Panel(Group(*parts), title=f"testtime: {head}", subtitle=title, border_style="blue")
