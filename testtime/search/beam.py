@@ -224,6 +224,7 @@ class BeamSearch(SearchStrategy):
                       or any(r.n < m for _, r in plan))
             if shrunk:
                 out.stopped = "budget_exhausted"
+            refused = False  # a call of *this* round was refused
             active = [b for b, _ in plan]
             out.rounds += 1
             before = ctx.ledger.usage
@@ -232,6 +233,7 @@ class BeamSearch(SearchStrategy):
             for parent, reply in zip(active, replies, strict=True):
                 if isinstance(reply, BudgetExhausted):
                     out.stopped = "budget_exhausted"
+                    refused = True
                     continue
                 children.extend(self._children(parent, reply, depth))
             if shrunk and len(children) <= slots:
@@ -243,6 +245,7 @@ class BeamSearch(SearchStrategy):
                 scored = await asyncio.gather(*(self._score(problem, ctx, c) for c in children))
                 if not all(scored):
                     out.stopped = "budget_exhausted"
+                    refused = True
             for c in children:
                 c.node = tree.add(c.node, c.steps[-1], score=c.score, tokens=c.tokens,
                                   terminal=c.terminal, **(tag or {}))
@@ -265,7 +268,9 @@ class BeamSearch(SearchStrategy):
                 tree.select(c.node, "beam")
             ctx.tracer.emit("search_round", round=depth + 1, alive=len(active),
                             best_score=ranked[0].score if ranked else None)
-            if out.stopped == "budget_exhausted" and not shrunk:
+            # A planned shrink keeps going on what is left; an unplanned
+            # refusal this round means the budget is really gone.
+            if refused and not shrunk:
                 break
         out.active = active
         if not out.terminals and active and self.force_finish:
