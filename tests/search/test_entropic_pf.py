@@ -59,13 +59,13 @@ def test_modulate_blends_scores() -> None:
     assert modulate(0.5, None, 0.5) == 0.5
 
 
-async def test_lookahead_changes_weights_as_expected() -> None:
+async def test_probe_lookahead_changes_weights_as_expected() -> None:
     model = ScriptedModel({"P-state": ["great next\n\n"], "Q-state": ["awful next\n\n"]})
     prm = ScriptedPRM({"great": 0.9, "awful": 0.1}, default=0.5)
     ctx = make_ctx(model, prm=prm)
     tree = SearchTree(ctx)
     p, q = tree.add(0, "P-state", score=0.5), tree.add(0, "Q-state", score=0.5)
-    epf = EntropicParticleFilter(alpha=0.5, lookahead_tokens=7, anneal=False)
+    epf = EntropicParticleFilter(alpha=0.5, lookahead_mode="probe", lookahead_tokens=7, anneal=False)
     stats: dict = {}
     slots = [p, q, p]
     scores = await epf._modulate(PROBLEM, ctx, tree, slots, [0.5, 0.5, 0.5], stats)
@@ -101,8 +101,17 @@ async def test_entropic_pf_escapes_the_early_trap_that_pf_falls_into() -> None:
     ctx = make_ctx(trap_model(), prm=ScriptedPRM(TRAP_PRM), seed=0)
     result = await EntropicParticleFilter(n_particles=4).search(PROBLEM, ctx)
     assert result.answer == "5"
-    assert result.stats["lookaheads"] == 4  # one per particle; the trap's successor gave it away
+    # Round 0 does not resample (every particle still judges the root); in
+    # round 1 each step-1 state is judged by the step its particle drew next,
+    # and the trap's successor gives it away.
+    assert result.stats["lookaheads"] == 4
     assert within_budget(ctx)
+    assert "lookahead" not in ctx.ledger.usage_by_role()  # reused: no extra generation
+
+    ctx = make_ctx(trap_model(), prm=ScriptedPRM(TRAP_PRM), seed=0)
+    probe = await EntropicParticleFilter(n_particles=4, lookahead_mode="probe").search(PROBLEM, ctx)
+    assert probe.answer == "5" and probe.stats["lookaheads"] == 4
+    assert ctx.ledger.usage_by_role()["lookahead"].calls == 4  # probe-and-discard pays per state
 
     # Annealing alone: round 0's weights (entropy 0.56 < 0.8) are flattened so
     # sound particles survive the first resampling.
@@ -125,3 +134,75 @@ def test_bad_options_are_user_errors() -> None:
     for kw in ({"alpha": 1.5}, {"entropy_base": -0.1}, {"lookahead_tokens": 0}, {"temperature": -1}):
         with pytest.raises(UserError):
             EntropicParticleFilter(**kw)
+
+
+async def test_reused_lookahead_is_the_particles_next_step() -> None:
+    model = ScriptedModel({})
+    prm = ScriptedPRM({"great": 0.9, "awful": 0.1}, default=0.5)
+    ctx = make_ctx(model, prm=prm)
+    tree = SearchTree(ctx)
+    p, q = tree.add(0, "P-state", score=0.5), tree.add(0, "Q-state", score=0.2)
+    gp, aq = tree.add(p, "great next", score=0.9), tree.add(q, "awful next", score=0.1)
+    epf = EntropicParticleFilter(alpha=0.5, anneal=False)
+    stats: dict = {}
+    slots = [gp, aq]
+    scores = await epf._modulate(PROBLEM, ctx, tree, slots, [0.9, 0.1], stats)
+    # The *states* P and Q are weighted, modulated by their successors...
+    assert scores == pytest.approx([0.5 * 0.5 + 0.5 * 0.9, 0.5 * 0.2 + 0.5 * 0.1])
+    # ...and the successors are the nodes the particles hold: no probe was
+    # generated or scored, no node was added.
+    assert model.requests == [] and stats.get("prm_calls", 0) == 0
+    assert list(tree.graph.nodes) == [0, p, q, gp, aq]
+    assert tree[gp]["lookahead_of"] == p and tree[gp]["modulated_score"] == pytest.approx(0.7)
+    assert stats["lookaheads"] == 2
+    # Nothing to choose between while every particle judges the root.
+    assert not epf._resample_now(tree, [p, q], 0) and epf._resample_now(tree, slots, 1)
+    assert EntropicParticleFilter(lookahead_mode="probe")._resample_now(tree, [p, q], 0)
+
+
+async def test_reuse_costs_exactly_what_plain_pf_costs() -> None:
+    from testtime.budget import Budget
+    from testtime.sim.suites import get_suite
+
+    suite = get_suite("overconfident_strong")
+    for problem in suite.problems(4, seed=3):
+        spent = {}
+        for name, strat in (("pf", ParticleFilter(n_particles=6, max_populations=1)),
+                            ("epf", EntropicParticleFilter(n_particles=6, max_populations=1, anneal=False)),
+                            ("probe", EntropicParticleFilter(n_particles=6, max_populations=1, anneal=False,
+                                                             lookahead_mode="probe"))):
+            ctx = suite.context(Budget(), seed=7)
+            result = await strat.search(problem, ctx)
+            roles = ctx.ledger.usage_by_role()
+            spent[name] = roles
+            if name != "probe":
+                # Every generated solve token is a step kept in the tree:
+                # nothing was generated and thrown away.
+                steps = [n for n in result.tree.nodes if n != 0]
+                assert roles["solve"].output_tokens == sum(result.tree.nodes[n]["tokens"] for n in steps)
+                # One generation call and one PRM call per kept step, as in PF.
+                assert roles["solve"].calls == len(steps) == roles["verify"].calls
+                assert "lookahead" not in roles
+        # The probe variant pays an extra call per state and step.
+        assert spent["probe"]["lookahead"].calls > 0
+        assert (spent["probe"]["solve"].calls + spent["probe"]["lookahead"].calls
+                > spent["epf"]["solve"].calls)
+
+
+async def test_annealing_triggers_on_the_simulator_and_is_counted() -> None:
+    from testtime.budget import Budget
+    from testtime.sim.suites import get_suite
+
+    suite = get_suite("overconfident_strong")
+    triggers = checks = 0
+    for i, problem in enumerate(suite.problems(6, seed=1)):
+        ctx = suite.context(Budget(), seed=i)
+        result = await EntropicParticleFilter(n_particles=8, max_populations=1).search(problem, ctx)
+        triggers += result.stats.get("anneal_triggers", 0)
+        checks += result.stats.get("anneal_checks", 0)
+        for rec in result.stats.get("annealed", []):
+            assert rec["entropy_before"] < rec["threshold"] <= rec["entropy_after"] + 1e-3
+            assert rec["step"] == rec["round"] - 1  # reuse: round r judges step-r states
+        assert within_budget(ctx)
+    # The extreme early weights of this PRM do trip the threshold, but not every round.
+    assert 0 < triggers < checks

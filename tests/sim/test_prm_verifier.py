@@ -88,6 +88,25 @@ async def test_overconfident_prm_pushes_early_steps_to_the_extremes() -> None:
     assert extreme(over, early=False) == pytest.approx(extreme(cal, early=False), abs=0.05)
 
 
+async def test_overconfident_strong_prm_is_confidently_wrong_early_only() -> None:
+    data = await _solutions()
+    strong = await _scores(sim_prm.load("overconfident_strong"), data)
+    mild = await _scores(sim_prm.load("overconfident"), data)
+    cal = await _scores(sim_prm.load("calibrated"), data)
+
+    def confident_wrong_rate(rows: list[tuple[int, bool, float]], early: bool) -> float:
+        sel = [(ok, s) for i, ok, s in rows if (i < 2) == early]
+        return sum((s > 0.9 and not ok) or (s < 0.1 and ok) for ok, s in sel) / len(sel)
+
+    # Early on, roughly 3 in 10 scores are confidently wrong: far more than
+    # the mild variant and the calibrated PRM...
+    early = confident_wrong_rate(strong, early=True)
+    assert 0.18 < early < 0.4
+    assert early > 1.5 * confident_wrong_rate(mild, early=True) > confident_wrong_rate(cal, early=True)
+    # ...while later steps are scored exactly like the calibrated PRM.
+    assert [s for i, _, s in strong if i >= 2] == [s for i, _, s in cal if i >= 2]
+
+
 async def test_prm_scores_are_deterministic_and_cost_verify_budget() -> None:
     (problem, steps, _), *_ = await _solutions(1, 1)
     prm = sim_prm.load("calibrated")
@@ -140,4 +159,7 @@ def test_loaders_and_suites_validate() -> None:
     assert suite.problems(4, seed=1) == suite.problems(4, seed=1)
     assert all(p.meta["difficulty"] >= 0.55 for p in suite.problems(20, seed=1))
     assert get_suite("overconfident").make_prm().variant == "overconfident"
+    strong = get_suite("overconfident_strong")
+    assert strong.make_prm().variant == "overconfident_strong"
+    assert strong.problems(5, seed=2) == get_suite("overconfident").problems(5, seed=2)
     assert get_suite("verifier").make_verifier() is not None

@@ -18,11 +18,33 @@ like at step one or two (particle impoverishment). Two fixes on top of
    With the defaults (base 0.5, early_boost 0.6, decay 0.5) that is 0.80 at
    step 0, 0.65 at step 1, 0.575 at step 2, tending to 0.5: early weights,
    where the PRM is least trustworthy, are flattened the most.
-2. **Look-ahead Modulation.** Before resampling, each unfinished particle
-   (each distinct state) samples one short successor step
-   (``lookahead_tokens``) that is scored by the PRM but not kept; the
-   particle's score becomes ``(1 - alpha) * score + alpha * lookahead_score``,
-   judging a state by where it leads rather than only by how it looks.
+2. **Look-ahead Modulation.** A state is judged by its potential: its
+   weight is ``(1 - alpha) * score(state) + alpha * score(successor)``, where
+   the successor is one sampled next step, scored by the PRM.
+
+   By default (``lookahead_mode="reuse"``) the successor is not a throw-away
+   probe: it is the particle's real next step. Each round every particle
+   samples one step from its state, exactly as plain PF does; that step is
+   the look-ahead of the state it grew from, and resampling chooses among
+   *states* (the parents) with weights modulated by the score of the
+   successor each particle drew. A kept particle then continues from that
+   very successor -- the text that was scored is the text it keeps -- so
+   look-ahead costs no generation and no PRM call beyond what plain PF
+   spends (the PRM scores each new step once, as PF does). Resampling of a
+   state is thereby delayed by one step until its successor is known; in
+   the first round every particle's state is the shared root, so there is
+   nothing to choose between and resampling is skipped (the first
+   resampling judges the step-1 states by their step-2 successors, which is
+   where an overconfident-early PRM does the most damage). The annealing
+   schedule is indexed by the step of the judged state, so that first
+   resampling gets the strictest threshold.
+
+   ``lookahead_mode="probe"`` keeps the original probe-and-discard variant
+   for ablations: each distinct unfinished state samples an extra short
+   successor (``lookahead_tokens``) that is scored and then dropped; the
+   particles then sample their next steps afresh. It costs one more call
+   (re-sending the prefix) per state per step, so the budget-derived
+   population is smaller.
 
 The annealing is exposed as pure functions (:func:`entropy_threshold`,
 :func:`anneal_temperature`, :func:`annealed_weights`, :func:`modulate`) so it
@@ -41,6 +63,9 @@ from testtime.search.base import Problem, SearchTree, step_request
 from testtime.search.particle_filter import ParticleFilter
 from testtime.search.particles import normalized_entropy, softmax, transform_score
 from testtime.search.stepwise import run_waves, score_steps, trajectory_cost
+
+#: How look-ahead successors are obtained (see the module docstring).
+LOOKAHEAD_MODES = ("reuse", "probe")
 
 
 def entropy_threshold(step: int, *, base: float = 0.5, early_boost: float = 0.6,
@@ -114,7 +139,10 @@ class EntropicParticleFilter(ParticleFilter):
         max_temperature: upper bound of the temperature search.
         anneal: turn Entropic Annealing off with False (ablations).
         lookahead: turn Look-ahead Modulation off with False (ablations).
-        lookahead_tokens: max tokens of a look-ahead step (None:
+        lookahead_mode: ``"reuse"`` (the look-ahead successor is the
+            particle's next step; no extra generation) or ``"probe"`` (an
+            extra short successor, scored then discarded).
+        lookahead_tokens: max tokens of a ``"probe"`` look-ahead step (None:
             ctx.step_max_tokens // 4, at least 8).
         alpha: weight of the look-ahead score in [0, 1].
     """
@@ -123,13 +151,16 @@ class EntropicParticleFilter(ParticleFilter):
 
     def __init__(self, n_particles: int | None = None, *, entropy_base: float = 0.5,
                  early_boost: float = 0.6, decay: float = 0.5, max_temperature: float = 50.0,
-                 anneal: bool = True, lookahead: bool = True, lookahead_tokens: int | None = None,
-                 alpha: float = 0.5, **kwargs: Any) -> None:
+                 anneal: bool = True, lookahead: bool = True, lookahead_mode: str = "reuse",
+                 lookahead_tokens: int | None = None, alpha: float = 0.5, **kwargs: Any) -> None:
         super().__init__(n_particles, **kwargs)
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"entropic_pf alpha must be in [0, 1], got {alpha}")
         if not 0.0 <= entropy_base <= 1.0:
             raise UserError(f"entropic_pf entropy_base must be in [0, 1], got {entropy_base}")
+        if lookahead_mode not in LOOKAHEAD_MODES:
+            raise UserError(f"unknown entropic_pf lookahead_mode {lookahead_mode!r}; choose one of "
+                            f"{', '.join(LOOKAHEAD_MODES)}")
         if lookahead_tokens is not None and lookahead_tokens < 1:
             raise UserError(f"entropic_pf lookahead_tokens must be >= 1, got {lookahead_tokens}")
         self.entropy_base = entropy_base
@@ -138,17 +169,27 @@ class EntropicParticleFilter(ParticleFilter):
         self.max_temperature = max_temperature
         self.anneal = anneal
         self.lookahead = lookahead
+        self.lookahead_mode = lookahead_mode
         self.lookahead_tokens = lookahead_tokens
         self.alpha = alpha
 
     def _lookahead_tokens(self, ctx: RunContext) -> int:
         return self.lookahead_tokens or max(8, ctx.step_max_tokens // 4)
 
+    @property
+    def _probing(self) -> bool:
+        return self.lookahead and self.lookahead_mode == "probe"
+
+    @property
+    def _reusing(self) -> bool:
+        return self.lookahead and self.lookahead_mode == "reuse"
+
     def _extra_tokens_per_step(self, ctx: RunContext) -> int:
-        return self._lookahead_tokens(ctx) if self.lookahead else 0
+        # Reused look-ahead is the particle's own step: nothing extra to size for.
+        return self._lookahead_tokens(ctx) if self._probing else 0
 
     def _repeat_cost_factor(self, problem: Problem, ctx: RunContext, n_prev: int) -> float:
-        if not self.lookahead or n_prev >= 2:
+        if not self._probing or n_prev >= 2:
             return 1.0
         # A lone particle ran without look-ahead; the next population will not.
         steps = self.expected_steps or self.default_expected_steps(ctx)
@@ -156,24 +197,74 @@ class EntropicParticleFilter(ParticleFilter):
         probed = trajectory_cost(problem, ctx, steps, extra_tokens_per_step=self._lookahead_tokens(ctx)).tokens
         return probed / max(plain, 1)
 
+    def _resample_now(self, tree: SearchTree, slots: list[int], rnd: int) -> bool:
+        if not self._reusing:
+            return True
+        # Every particle still judges the root (the state all share): its
+        # successors are its look-aheads, nothing to choose between yet.
+        return any(tree[n]["parent"] not in (None, 0) for n in slots if n != 0)
+
+    def _judged_step(self, rnd: int) -> int:
+        """0-based step of the states judged in round ``rnd`` (the schedule's t).
+
+        Reusing look-ahead delays each state's resampling by one round (round
+        0 is skipped), so round r judges the step-r states: t = r - 1.
+        """
+        return max(rnd - 1, 0) if self._reusing else rnd
+
     def _weights(self, scores: list[float], rnd: int, stats: dict[str, Any]) -> list[float]:
         values = [transform_score(s, self.transform) for s in scores]
         if not self.anneal:
             return softmax(values, self.temperature)
-        threshold = entropy_threshold(rnd, base=self.entropy_base, early_boost=self.early_boost,
+        step = self._judged_step(rnd)
+        stats["anneal_checks"] = stats.get("anneal_checks", 0) + 1
+        threshold = entropy_threshold(step, base=self.entropy_base, early_boost=self.early_boost,
                                       decay=self.decay)
         weights, temp, annealed = annealed_weights(values, self.temperature, threshold,
                                                    max_temperature=self.max_temperature)
         if annealed:
             before = normalized_entropy(softmax(values, self.temperature))
+            stats["anneal_triggers"] = stats.get("anneal_triggers", 0) + 1
             stats.setdefault("annealed", []).append(
-                {"round": rnd, "threshold": round(threshold, 4), "entropy_before": round(before, 4),
+                {"round": rnd, "step": step, "threshold": round(threshold, 4), "entropy_before": round(before, 4),
                  "entropy_after": round(normalized_entropy(weights), 4), "temperature": round(temp, 4)})
         return weights
 
     async def _modulate(self, problem: Problem, ctx: RunContext, tree: SearchTree,
                         slots: list[int], scores: list[float], stats: dict[str, Any]) -> list[float]:
-        if not self.lookahead or len(set(slots)) < 2:
+        if not self.lookahead:
+            return scores
+        if self._reusing:
+            return self._modulate_reused(tree, slots, scores, stats)
+        return await self._modulate_probe(problem, ctx, tree, slots, scores, stats)
+
+    def _modulate_reused(self, tree: SearchTree, slots: list[int], scores: list[float],
+                         stats: dict[str, Any]) -> list[float]:
+        """Weight each slot's *state* (the parent of its newest step) by that
+        step, its look-ahead successor: (1 - alpha) * score(state) + alpha *
+        score(successor). The successor is the node the particle holds, so
+        resampling keeps exactly the step that was scored."""
+        out = []
+        for sc, node in zip(scores, slots, strict=True):
+            parent = tree[node]["parent"] if node != 0 else None
+            if parent in (None, 0):
+                # The root has no PRM score: the successor alone speaks for it.
+                out.append(sc)
+                continue
+            value = modulate(self._score(tree, parent), sc, self.alpha)
+            if tree[node].get("lookahead_of") is None:
+                # Recorded once per step: the state it was drawn from scored it.
+                tree.set(node, lookahead_of=parent, state_score=self._score(tree, parent),
+                         modulated_score=value)
+                stats["lookaheads"] = stats.get("lookaheads", 0) + 1
+            out.append(value)
+        return out
+
+    async def _modulate_probe(self, problem: Problem, ctx: RunContext, tree: SearchTree,
+                              slots: list[int], scores: list[float],
+                              stats: dict[str, Any]) -> list[float]:
+        """Probe-and-discard look-ahead (``lookahead_mode="probe"``)."""
+        if len(set(slots)) < 2:
             # A lone particle's weight is 1 whatever its successor: no probe.
             return scores
         # One probe per distinct unfinished state: duplicates share a state.

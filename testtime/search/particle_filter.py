@@ -164,6 +164,10 @@ class ParticleFilter(SearchStrategy):
         """Resampling weights: softmax(transform(score) / temperature)."""
         return softmax([transform_score(s, self.transform) for s in scores], self.temperature)
 
+    def _resample_now(self, tree: SearchTree, slots: list[int], rnd: int) -> bool:
+        """Whether this round resamples (plain PF: every round)."""
+        return True
+
     # ------------------------------------------------------------ search
     def _finished(self, tree: SearchTree, node: int) -> bool:
         attrs = tree[node]
@@ -231,13 +235,19 @@ class ParticleFilter(SearchStrategy):
                 return slots, "budget_exhausted"
             scores = [self._score(tree, node) for node in slots]
             scores = await self._modulate(problem, ctx, tree, slots, scores, stats)
-            weights = self._weights(scores, rnd, stats)
+            # A round may defer resampling (ePF with reused look-ahead: while
+            # every particle still judges the shared root, there is nothing
+            # to choose between); its weights are then uniform.
+            resample_now = self._resample_now(tree, slots, rnd)
+            weights = (self._weights(scores, rnd, stats) if resample_now
+                       else [1.0 / len(slots)] * len(slots))
             alive = sum(not self._finished(tree, node) for node in slots)
             ctx.tracer.emit("search_round", round=rnd, alive=alive, best_score=max(scores),
                             entropy=round(normalized_entropy(weights), 6))
             if alive == 0:
                 break
-            slots = self._resample(ctx, tree, slots, weights)
+            if resample_now:
+                slots = self._resample(ctx, tree, slots, weights)
         return slots, "done"
 
     def _room_for_round(self, problem: Problem, ctx: RunContext, tree: SearchTree,

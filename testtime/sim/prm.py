@@ -17,7 +17,13 @@ are calibrated; ``sigma`` sets how informative they are. Variants
 * ``overconfident`` -- later steps like ``calibrated``, but the first
   ``early_steps`` are both noisier and pushed toward 0/1 (``gain > 1``): the
   overconfident-early failure that makes particle filters collapse onto a few
-  trajectories, which entropic particle filtering targets.
+  trajectories, which entropic particle filtering targets. Mild: early AUROC
+  ~0.82, ~13% of wrong early steps score > 0.9;
+* ``overconfident_strong`` -- the same failure, harsh: early scores nearly
+  uninformative (AUROC ~0.70) but extreme, so about 3 in 10 early steps get a
+  *confidently wrong* score (> 0.9 when wrong, < 0.1 when right) and PF
+  weights at step 1-2 put almost all mass on an essentially arbitrary
+  particle.
 
 Scores are deterministic for a given (PRM seed, question, step texts): scoring
 the same prefix twice gives the same numbers, as a real PRM would.
@@ -84,6 +90,12 @@ PRMS: dict[str, PRMConfig] = {
     "calibrated": PRMConfig(),
     "noisy": PRMConfig(sigma=1.6, early_sigma=1.6),
     "overconfident": PRMConfig(early_steps=2, early_sigma=1.6, early_gain=4.0),
+    # Confidently wrong early: on the first two steps the signal is mostly
+    # noise (sigma 3: AUROC ~0.70 vs ~0.96 later) yet scores are pushed to the
+    # extremes (gain 16), so ~28% of wrong early steps score > 0.9 and ~29% of
+    # right ones < 0.1. Steps 3+ (every final-answer step in the suites) are
+    # calibrated, so the damage is confined to early resampling decisions.
+    "overconfident_strong": PRMConfig(early_steps=2, early_sigma=3.0, early_gain=16.0),
 }
 
 

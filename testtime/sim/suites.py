@@ -5,6 +5,9 @@ problems. Suites (:data:`SUITES`):
 
 * ``calibrated`` -- mixed difficulty, default policy, calibrated PRM;
 * ``overconfident`` -- the same problems, PRM overconfident on early steps;
+* ``overconfident_strong`` -- the same problems, PRM confidently wrong on
+  about 3 in 10 of the first two steps (nearly uninformative there, scores
+  pushed to 0/1), calibrated afterwards;
 * ``noisy`` -- the same problems, weakly informative PRM;
 * ``hard`` -- hard problems (difficulty 0.55-0.95), calibrated PRM, where
   the most popular answer is often a distractor;
@@ -90,6 +93,9 @@ SUITES: dict[str, Suite] = {
         Suite(name="calibrated", description="mixed difficulty, calibrated PRM"),
         Suite(name="overconfident", description="mixed difficulty, PRM overconfident on early steps",
               prm="overconfident"),
+        Suite(name="overconfident_strong",
+              description="mixed difficulty, PRM confidently wrong on ~30% of the first two steps",
+              prm="overconfident_strong"),
         Suite(name="noisy", description="mixed difficulty, weakly informative PRM", prm="noisy"),
         Suite(name="hard", description="hard problems (popular wrong answers), calibrated PRM",
               difficulty=(0.55, 0.95)),
