@@ -76,3 +76,78 @@ def normalize_answer(answer: str | None) -> str | None:
         except ValueError:
             pass
     return re.sub(r"\s+", " ", a).lower()
+
+
+# ------------------------------------------------------------ extensions
+_CHOICE_PATTERNS = (
+    # "answer is (B)", "Answer: B", "answer: **C**" -- the stated choice wins.
+    re.compile(r"(?i:final answer|correct answer|answer|choice|option)\s*(?i:is|:|=)?\s*[:\s]*"
+               r"[\*\(\[\{\s]*([A-J])(?![A-Za-z])"),
+    re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-J])\)?\s*\}?\s*\}"),
+    re.compile(r"\(([A-J])\)"),
+)
+_PLAIN_NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+_FRAC = re.compile(r"^\\[dt]?frac\{([^{}]+)\}\{([^{}]+)\}$")
+
+
+def extract_choice(text: str, choices: list[str] | None = None) -> str | None:
+    """The multiple-choice letter (``"A"``..``"J"``) a text settles on, or None.
+
+    Looks for a stated choice ("answer is (B)", "Answer: C", ``\\boxed{D}``),
+    then the last parenthesised letter; when ``choices`` (option texts) are
+    given, an answer equal to one option's text maps to that option's letter.
+    """
+    if not text:
+        return None
+    stripped = text.strip().strip("*().[] ")
+    if len(stripped) == 1 and stripped.upper() in "ABCDEFGHIJ":
+        return stripped.upper()
+    for pattern in _CHOICE_PATTERNS:
+        found = pattern.findall(text)
+        if found:
+            return found[-1].upper()
+    if choices:
+        said = {normalize_answer(extract_answer(text)), normalize_answer(text)} - {None}
+        for i, option in enumerate(choices):
+            if normalize_answer(option) in said:
+                return "ABCDEFGHIJ"[i]
+    return None
+
+
+def parse_number(text: str | None) -> float | None:
+    """A number from an answer string: ``"1,234"``, ``"-0.5"``, ``"3/4"``,
+    ``"\\frac{3}{4}"``, ``"12%"`` (-> 0.12), ``"5 cm"`` (units dropped).
+
+    Returns None when the text holds no single readable number.
+    """
+    if text is None:
+        return None
+    a = text.strip().strip("$").strip()
+    a = re.sub(r"\\(?:text|mathrm|textbf)\{[^}]*\}", "", a).replace("\\!", "").replace("\\,", "").strip()
+    frac = _FRAC.match(a)
+    if frac:
+        num, den = parse_number(frac.group(1)), parse_number(frac.group(2))
+        if num is None or den in (None, 0.0):
+            return None
+        return num / den  # type: ignore[operator]
+    percent = a.endswith("%") or a.endswith("\\%")
+    a = a.rstrip("%").rstrip("\\").strip()
+    if "/" in a:
+        num_s, _, den_s = a.partition("/")
+        num, den = parse_number(num_s), parse_number(den_s)
+        if num is None or den in (None, 0.0):
+            return None
+        return num / den  # type: ignore[operator]
+    m = _PLAIN_NUMBER.match(a)
+    if m is None:
+        return None
+    rest = a[m.end():].strip()
+    # Trailing words are units ("5 cm", "12 apples"); trailing digits or
+    # operators mean an expression we do not evaluate here.
+    if rest and not re.fullmatch(r"[A-Za-z°][A-Za-z°\s./^\d]*", rest):
+        return None
+    try:
+        value = float(m.group(0).replace(",", ""))
+    except ValueError:
+        return None
+    return value / 100.0 if percent else value
