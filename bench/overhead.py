@@ -67,30 +67,35 @@ def overhead_rows(reps: int) -> list[tuple[str, float, float, float]]:
     return rows
 
 
-async def loopback_wall(model: object, n: int) -> float:
+async def loopback_wall(model: object, n: int, batch: int = 1) -> float:
     ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)), max_tokens=16)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=1), context=ctx)
+    result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=batch), context=ctx)
     elapsed = time.perf_counter() - t0
     if len(result.candidates) != n:
         raise RuntimeError(f"expected {n} candidates, got {len(result.candidates)}")
     return elapsed
 
 
-async def _parallel(base_url: str, reps: int) -> list[tuple[int, float, float]]:
+async def _parallel(base_url: str, reps: int) -> list[tuple[str, float, float]]:
     model = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real")
+    native = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real", native_n=True)
     # Warm the connection pool to the largest N, as a long-running service would be.
     await loopback_wall(model, 100)
     one = statistics.median([await loopback_wall(model, 1) for _ in range(reps)])
     rows = []
     for n in (1, 10, 100):
         wall = statistics.median([await loopback_wall(model, n) for _ in range(reps)])
-        rows.append((n, wall, wall / one))
+        rows.append((f"{n} requests", wall, wall / one))
+    for n in (10, 100):
+        wall = statistics.median([await loopback_wall(native, n, batch=n) for _ in range(reps)])
+        rows.append((f"1 request, n={n} (native n)", wall, wall / one))
     await model.aclose()
+    await native.aclose()
     return rows
 
 
-def parallel_rows(reps: int) -> list[tuple[int, float, float]]:
+def parallel_rows(reps: int) -> list[tuple[str, float, float]]:
     """The server runs in its own process so it does not share our GIL."""
     proc = subprocess.Popen([sys.executable, "-m", "testtime.testing.loopback", "--latency", "0.1",
                              "--reply", "The answer is 4."], stdout=subprocess.PIPE, text=True)
@@ -119,10 +124,10 @@ def main() -> None:
     console.print(t)
 
     p = Table(title="Parallel efficiency, loopback server with 100 ms latency (openai backend)")
-    for col in ("concurrent samples N", "wall (s)", "wall / one call"):
+    for col in ("N samples as", "wall (s)", "wall / one call"):
         p.add_column(col, justify="right")
-    for n, wall, ratio in parallel_rows(reps):
-        p.add_row(str(n), f"{wall:.3f}", f"{ratio:.2f}x")
+    for label, wall, ratio in parallel_rows(reps):
+        p.add_row(label, f"{wall:.3f}", f"{ratio:.2f}x")
     console.print(p)
 
 

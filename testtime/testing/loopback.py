@@ -44,6 +44,9 @@ class LoopbackOpenAIServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes; with Nagle on, the body
+            # waits for the client's delayed ACK (~40 ms) on kept-alive sockets.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
