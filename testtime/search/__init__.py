@@ -1,7 +1,14 @@
 """Search strategies (one module each) behind one interface."""
 
 from testtime.search.base import (
-    Candidate, Problem, SearchResult, SearchStrategy, SearchTree, join_steps, split_steps, vote,
+    Candidate,
+    Problem,
+    SearchResult,
+    SearchStrategy,
+    SearchTree,
+    join_steps,
+    split_steps,
+    vote,
 )
 from testtime.search.registry import STRATEGIES, available_strategies, make_strategy
 
