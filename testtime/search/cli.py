@@ -1,7 +1,7 @@
 """The ``testtime bench`` subcommand (strategy comparison on the simulator).
 
 ``testtime bench --sim [--suite NAME] [--strategies a,b] [--budgets 2k,8k,32k]
-[--problems N] [--seed S] [--json]`` -- see :mod:`testtime.sim.bench`.
+[--problems N] [--seed S] [--verifier SPEC] [--prm SPEC] [--json]`` -- see :mod:`testtime.sim.bench`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sim", action="store_true",
                    help="run on the seeded simulator (required: the only benchmark backend)")
     p.add_argument("--suite", default="calibrated",
-                   help="simulator suite: calibrated (default), overconfident, noisy, hard, verifier")
+                   help="simulator suite: calibrated (default), overconfident, overconfident_strong, "
+                        "noisy, hard, verifier")
     p.add_argument("--strategies", default=None,
                    help="comma-separated strategy names (default: every strategy available)")
     p.add_argument("--budgets", default="2k,8k,32k", help="token budgets (default 2k,8k,32k)")
     p.add_argument("--problems", type=int, default=DEFAULT_PROBLEMS,
                    help=f"problems per (strategy, budget) (default {DEFAULT_PROBLEMS})")
     p.add_argument("--seed", type=int, default=0, help="problem-set and sampling seed (default 0)")
+    p.add_argument("--verifier", default=None,
+                   help="outcome verifier spec replacing the suite's (e.g. math: sim problems carry answers)")
+    p.add_argument("--prm", default=None, help="PRM spec replacing the suite's (e.g. sim:noisy)")
     p.add_argument("--json", action="store_true", help='print {"rows": [...]} as JSON')
     p.set_defaults(func=_cmd_bench)
 
@@ -40,7 +44,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from testtime.sim.bench import render, run_bench
 
     report = asyncio.run(run_bench(suite=args.suite, strategies=args.strategies, budgets=args.budgets,
-                                   problems=args.problems, seed=args.seed))
+                                   problems=args.problems, seed=args.seed, prm=args.prm,
+                                   verifier=args.verifier))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

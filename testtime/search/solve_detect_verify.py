@@ -72,7 +72,9 @@ class SolveDetectVerify(SearchStrategy):
     Args:
         chunk_tokens: tokens per solver chunk (smaller: earlier detection,
             more calls).
-        max_revisions: revisions after rejections (0: verify once).
+        max_revisions: revisions after rejections (0: verify once); None
+            revises for as long as the budget pays for another attempt
+            (capped at 32).
         markers: hesitation markers the detector stops at.
         detect: check for completion points after each chunk (False: only
             when the solver stops by itself -- plain solve-then-verify).
@@ -80,11 +82,11 @@ class SolveDetectVerify(SearchStrategy):
 
     name = "solve_detect_verify"
 
-    def __init__(self, *, chunk_tokens: int = 64, max_revisions: int = 3,
+    def __init__(self, *, chunk_tokens: int = 64, max_revisions: int | None = None,
                  markers: Sequence[str] = DEFAULT_MARKERS, detect: bool = True) -> None:
         if chunk_tokens < 1:
             raise UserError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-        if max_revisions < 0:
+        if max_revisions is not None and max_revisions < 0:
             raise UserError(f"max_revisions must be >= 0, got {max_revisions}")
         self.chunk_tokens = chunk_tokens
         self.max_revisions = max_revisions
@@ -142,7 +144,8 @@ class SolveDetectVerify(SearchStrategy):
         history: list[dict[str, str]] = []
         cands: list[Candidate] = []
         stopped = "done"
-        for attempt in range(self.max_revisions + 1):
+        limit = 32 if self.max_revisions is None else self.max_revisions
+        for attempt in range(limit + 1):
             stats["attempts"] = attempt + 1
             text, complete, refused = await self._solve(problem, ctx, history, stats)
             if text.strip():

@@ -126,6 +126,10 @@ def resolve_strategies(names: str | Sequence[str] | None) -> tuple[list[str], li
     return runnable, notes
 
 
+def _label(scorer: Any) -> str:
+    return str(getattr(scorer, "spec", None) or getattr(scorer, "name", None) or type(scorer).__name__)
+
+
 async def _one(strategy: SearchStrategy, suite: Suite, problem: Problem, budget: int, seed: int,
                shared: dict[str, Any]) -> tuple[bool, float, str, bool]:
     ctx = suite.context(Budget(tokens=budget), seed=seed, model=shared["policy"],
@@ -141,7 +145,8 @@ async def _one(strategy: SearchStrategy, suite: Suite, problem: Problem, budget:
 
 async def run_bench(*, suite: str | Suite = "calibrated", strategies: str | Sequence[str] | None = None,
                     budgets: str | Sequence[int] | None = None, problems: int = DEFAULT_PROBLEMS,
-                    seed: int = 0, concurrency: int = 64) -> BenchReport:
+                    seed: int = 0, concurrency: int = 64, prm: str | None = None,
+                    verifier: str | None = None) -> BenchReport:
     """Run the comparison and return its rows.
 
     Args:
@@ -151,6 +156,9 @@ async def run_bench(*, suite: str | Suite = "calibrated", strategies: str | Sequ
         problems: how many problems (the same for every strategy and budget).
         seed: selects the problems and the per-problem random streams.
         concurrency: problems in flight at once.
+        prm / verifier: specs (``--prm`` / ``--verifier`` forms) replacing the
+            suite's own simulated PRM / verifier, e.g. ``verifier="math"``
+            (simulated problems carry their reference answer).
 
     Raises:
         UserError: unknown suite/strategy or bad budgets.
@@ -161,9 +169,16 @@ async def run_bench(*, suite: str | Suite = "calibrated", strategies: str | Sequ
     names, notes = resolve_strategies(strategies)
     sizes = parse_budgets(budgets)
     probs = the_suite.problems(problems, seed=seed)
-    shared = {"policy": the_suite.make_policy(), "prm": the_suite.make_prm(),
-              "verifier": the_suite.make_verifier()}
-    scorer = shared["verifier"].spec if shared["verifier"] is not None else shared["prm"].spec
+    shared: dict[str, Any] = {"policy": the_suite.make_policy(), "prm": the_suite.make_prm(),
+                              "verifier": the_suite.make_verifier()}
+    if prm is not None or verifier is not None:
+        from testtime.verifiers.registry import load_prm, load_verifier
+
+        if prm is not None:
+            shared["prm"] = load_prm(prm)
+        if verifier is not None:
+            shared["verifier"] = load_verifier(verifier)
+    scorer = _label(shared["verifier"]) if shared["verifier"] is not None else _label(shared["prm"])
     report = BenchReport(suite=the_suite.name, seed=seed, notes=notes)
     sem = asyncio.Semaphore(max(concurrency, 1))
     t_start = time.monotonic()

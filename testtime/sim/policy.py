@@ -43,7 +43,7 @@ from typing import Any
 from testtime.errors import UserError
 from testtime.models.base import Capabilities, Generation, GenerationRequest, Model, TokenLogprob
 from testtime.models.prices import Price
-from testtime.sim.tasks import DISTRACTOR_WEIGHTS, SimTask, task_from_question
+from testtime.sim.tasks import DISTRACTOR_WEIGHTS, SimTask, is_sim_question, task_from_question
 
 _STEP_VALUE = re.compile(r"Step (\d+): \S+ -?\d+ \S+ (-?\d+) to get (-?\d+)")
 _FILLER = (
@@ -175,8 +175,7 @@ class SimModel(Model):
         self.calls += 1
         if self.config.latency:
             await asyncio.sleep(self.config.latency)
-        question = request.prompt if request.prompt is not None else (
-            request.chat_messages()[-1]["content"] if request.chat_messages() else "")
+        question = _question_of(request)
         task = task_from_question(question)
         done, offset = parse_state(task, request.prefix)
         key = zlib.crc32(request.prefix.encode(), zlib.crc32(question.encode()))
@@ -286,3 +285,18 @@ def load(name: str = "", **options: Any) -> SimModel:
     if cfg.step_tokens < 8:
         raise UserError(f"sim policy step_tokens must be >= 8, got {cfg.step_tokens}")
     return SimModel(name, cfg)
+
+
+def _question_of(request: GenerationRequest) -> str:
+    """The task's question: the user turn carrying a simulator tag.
+
+    Multi-turn requests (a revision after verifier feedback) end with a user
+    turn that is feedback, not the task; the tagged question comes first.
+    """
+    users = [m.get("content", "") for m in request.chat_messages() if m.get("role") == "user"]
+    for text in users:
+        if is_sim_question(text):
+            return text
+    if request.prompt is not None:
+        return request.prompt
+    return users[-1] if users else ""
