@@ -134,3 +134,22 @@ def test_named_policies_and_bad_options() -> None:
         load_model("sim:genius")
     with pytest.raises(UserError, match="unknown option"):
         load_model("sim", temperature_bias=2)
+
+
+async def test_revision_request_still_answers_the_tagged_question() -> None:
+    """A multi-turn request ending in verifier feedback is about the first, tagged question."""
+    problem = generate_problems(1, seed=3)[0]
+    model = SimModel()
+    plain = GenerationRequest(prompt=problem.question, max_tokens=600, temperature=0)
+    revision = GenerationRequest(
+        messages=({"role": "user", "content": problem.question},
+                  {"role": "assistant", "content": "The answer is 0."},
+                  {"role": "user", "content": "That is wrong: the total is off. Try again."}),
+        max_tokens=600, temperature=0)
+    options = set()
+    for req in (plain, revision):
+        text = (await model.generate(req))[0].text
+        options.add(extract_answer(text))
+    task = task_from_question(problem.question)
+    allowed = {str(task.answer), *map(str, task.distractors)}
+    assert options <= allowed, (options, allowed)
