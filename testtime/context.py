@@ -112,6 +112,12 @@ class RunContext:
             self.tracer.emit("note", message=f"{model.spec} reported more usage than its worst case",
                              reserved=worst.to_dict(), actual=actual.to_dict())
         res.settle(actual)
+        if request.logprobs and role == "solve":
+            recorder = getattr(self.prm, "record", None)
+            if recorder is not None:
+                for g in gens:
+                    if g.logprobs:
+                        recorder(g.text, g.logprobs)
         if self.tracer.sinks:  # skip building the event when nobody listens
             self.tracer.emit(
                 "model_call", model=model.spec, role=role, n=request.n,

@@ -248,3 +248,32 @@ async def test_confidence_prm_on_the_embedded_model() -> None:
     usage = ctx.ledger.usage_by_role()["verify"]
     assert usage.calls == 2 and 0 < usage.output_tokens <= 6
     assert any(e.kind == "prm_scores" for e in events)
+
+
+async def test_confidence_prm_uses_logprobs_recorded_during_search() -> None:
+    """Steps generated in a search are scored from their own logprobs: no probe calls."""
+    from testtime.budget import Budget, BudgetLedger
+    from testtime.context import RunContext
+    from testtime.models.base import Generation, GenerationRequest, TokenLogprob
+    from testtime.models.scripted import FunctionModel
+    from testtime.search.base import Problem
+    from testtime.search.beam import BeamSearch
+    from testtime.verifiers.prm import ConfidencePRM
+
+    requests: list[GenerationRequest] = []
+
+    def reply(req: GenerationRequest) -> Generation:
+        requests.append(req)
+        lps = (TokenLogprob("x", -0.2),) if req.logprobs else None
+        text = "The answer is 5." if req.prefix else "Add two and three."
+        return Generation(text=text, finish_reason="eos" if req.prefix else "stop", logprobs=lps,
+                          usage=model.usage(model.input_upper_bound(req), len(text.split())))
+
+    model = FunctionModel(reply)
+    prm = ConfidencePRM()
+    ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=20_000)), prm=prm)
+    result = await BeamSearch(beam_width=1, expansions=1).search(Problem(question="2+3?"), ctx)
+    assert result.answer == "5"
+    assert all(r.logprobs for r in requests)          # step requests asked for logprobs
+    assert all(r.max_tokens > prm.probe_tokens for r in requests)  # no probe was sent
+    assert "Add two and three." in prm._recorded

@@ -192,6 +192,10 @@ def step_request(problem: Problem, ctx: RunContext, steps: Sequence[str], *, n: 
     prefix = join_steps(steps, ctx.step_delimiter)
     if prefix:
         prefix += ctx.step_delimiter
+    # A confidence PRM scores steps from the logprobs they were generated
+    # with; ask for them when the backend can give them.
+    if not logprobs and getattr(ctx.prm, "wants_logprobs", False) and ctx.model.capabilities.logprobs:
+        logprobs = True
     return solution_request(problem, ctx, n=n, prefix=prefix,
                             max_tokens=max_tokens or ctx.step_max_tokens,
                             stop=(ctx.step_delimiter,), temperature=temperature,

@@ -476,6 +476,10 @@ class ConfidencePRM(ProcessRewardModel):
     """
 
     name = "prm:confidence"
+    #: Step requests ask for logprobs when this PRM is in use, and
+    #: RunContext.generate hands them to :meth:`record`, so steps generated
+    #: during the search are scored without probe calls.
+    wants_logprobs = True
 
     def __init__(self, *, metric: str = "prob", probe_tokens: int = 8, top_logprobs: int = 5,
                  aggregation: str = "min", cache_size: int = 4096) -> None:
