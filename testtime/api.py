@@ -11,7 +11,7 @@ from typing import Any
 
 import networkx as nx
 
-from testtime.budget import Budget, BudgetLedger, Usage
+from testtime.budget import Budget, BudgetLedger
 from testtime.context import RunContext
 from testtime.errors import UserError
 from testtime.models.base import Model
@@ -247,10 +247,3 @@ def run(question: str | Problem, **kwargs: Any) -> Result:
     except RuntimeError:
         return asyncio.run(arun(question, **kwargs))
     raise UserError("testtime.run() was called inside a running event loop; use `await testtime.arun(...)`")
-
-
-def total(usages: list[Usage]) -> Usage:
-    out = Usage()
-    for u in usages:
-        out = out + u
-    return out

@@ -291,7 +291,7 @@ class BudgetLedger:
         return self._reserved[_INDEX[dimension]]
 
     def limit(self, dimension: str) -> float | None:
-        """The effective limit here: own limit, also bounded by ancestors' room."""
+        """This ledger's own limit on a dimension (None if unlimited); see :meth:`remaining`."""
         return getattr(self.budget, dimension)
 
     def remaining(self, dimension: str) -> float:
