@@ -26,7 +26,7 @@ from rich.table import Table
 import testtime
 from testtime.budget import Budget, BudgetLedger
 from testtime.context import RunContext
-from testtime.models.base import GenerationRequest
+from testtime.models.base import GenerationRequest, Model
 from testtime.models.registry import load_model
 from testtime.models.scripted import ScriptedModel
 from testtime.search.self_consistency import SelfConsistency
@@ -41,10 +41,11 @@ async def bare_gather(model: ScriptedModel, n: int, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-async def full_stack(model: ScriptedModel, n: int, batch: int) -> float:
+async def full_stack(model: Model, n: int, batch: int) -> float:
+    """Wall time of n samples through ledger, self-consistency and tracing (to memory)."""
     events: list[object] = []
-    tracer = Tracer(sinks=[events.append])
-    ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)), tracer=tracer, max_tokens=16)
+    ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)),
+                     tracer=Tracer(sinks=[events.append]), max_tokens=16)
     t0 = time.perf_counter()
     result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=batch), context=ctx)
     elapsed = time.perf_counter() - t0
@@ -67,28 +68,18 @@ def overhead_rows(reps: int) -> list[tuple[str, float, float, float]]:
     return rows
 
 
-async def loopback_wall(model: object, n: int, batch: int = 1) -> float:
-    ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)), max_tokens=16)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=batch), context=ctx)
-    elapsed = time.perf_counter() - t0
-    if len(result.candidates) != n:
-        raise RuntimeError(f"expected {n} candidates, got {len(result.candidates)}")
-    return elapsed
-
-
 async def _parallel(base_url: str, reps: int) -> list[tuple[str, float, float]]:
     model = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real")
     native = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real", native_n=True)
     # Warm the connection pool to the largest N, as a long-running service would be.
-    await loopback_wall(model, 100)
-    one = statistics.median([await loopback_wall(model, 1) for _ in range(reps)])
+    await full_stack(model, 100, 1)
+    one = statistics.median([await full_stack(model, 1, 1) for _ in range(reps)])
     rows = []
     for n in (1, 10, 100):
-        wall = statistics.median([await loopback_wall(model, n) for _ in range(reps)])
+        wall = statistics.median([await full_stack(model, n, 1) for _ in range(reps)])
         rows.append((f"{n} requests", wall, wall / one))
     for n in (10, 100):
-        wall = statistics.median([await loopback_wall(native, n, batch=n) for _ in range(reps)])
+        wall = statistics.median([await full_stack(native, n, batch=n) for _ in range(reps)])
         rows.append((f"1 request, n={n} (native n)", wall, wall / one))
     await model.aclose()
     await native.aclose()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from tests.support.loopback import LoopbackServer, Reply
 from testtime.context import RunContext
 from testtime.errors import CapabilityError, MissingDependency, ModelAPIError
 from testtime.models.base import Generation, GenerationRequest, TokenLogprob
@@ -86,87 +84,65 @@ async def test_llm_judge_per_step_mode() -> None:
 
 
 # -------------------------------------------------------------- vLLM PRM
-class PoolingServer:
-    """Speaks vLLM's /pooling and /classify for a Qwen2.5-Math-PRM-style model."""
+PRM_MODEL = "Qwen/Qwen2.5-Math-PRM-7B"
 
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        srv = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
+def _model_check(body: dict[str, Any]) -> Reply | None:
+    if body.get("model") != PRM_MODEL:
+        return Reply(status=404, body={"error": {"message": "model not found"}})
+    return None
 
-            def _send(self, code: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
-            def do_GET(self) -> None:
-                self._send(200, {"object": "list", "data": [{"id": "Qwen/Qwen2.5-Math-PRM-7B"}]})
+def _pooling(body: dict[str, Any]) -> Reply:
+    """vLLM's /pooling for a Qwen2.5-Math-PRM-style model: one pair per separator."""
+    if (err := _model_check(body)) is not None:
+        return err
+    pieces = body["input"].split("<extra_0>")[:-1]
+    rows = [[0.9, 0.1] if "wrong" in p else [0.2, 0.8] for p in pieces]
+    return Reply(body={"object": "list", "data": [{"index": 0, "object": "pooling", "data": rows}],
+                       "usage": {"prompt_tokens": len(body["input"].split())}})
 
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                srv.requests.append({"path": self.path, **body})
-                if body.get("model") != "Qwen/Qwen2.5-Math-PRM-7B":
-                    self._send(404, {"error": {"message": "model not found"}})
-                elif self.path == "/pooling":
-                    pieces = body["input"].split("<extra_0>")[:-1]  # one pair per separator
-                    rows = [[0.9, 0.1] if "wrong" in p else [0.2, 0.8] for p in pieces]
-                    self._send(200, {"object": "list", "data": [{"index": 0, "object": "pooling", "data": rows}],
-                                     "usage": {"prompt_tokens": len(body["input"].split())}})
-                elif self.path == "/classify":
-                    data = [{"index": i, "probs": [0.9, 0.1] if "wrong" in text.split("<extra_0>")[-2] else [0.3, 0.7]}
-                            for i, text in enumerate(body["input"])]
-                    self._send(200, {"data": data, "usage": {"prompt_tokens": 10 * len(data)}})
-                else:
-                    self._send(404, {"error": {"message": "no such endpoint"}})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> PoolingServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def _classify(body: dict[str, Any]) -> Reply:
+    if (err := _model_check(body)) is not None:
+        return err
+    data = [{"index": i, "probs": [0.9, 0.1] if "wrong" in text.split("<extra_0>")[-2] else [0.3, 0.7]}
+            for i, text in enumerate(body["input"])]
+    return Reply(body={"data": data, "usage": {"prompt_tokens": 10 * len(data)}})
 
 
 @pytest.fixture
-def pooling_server() -> Iterator[PoolingServer]:
-    with PoolingServer() as srv:
+def pooling_server() -> Iterator[LoopbackServer]:
+    models = Reply(body={"object": "list", "data": [{"id": PRM_MODEL}]})
+    with LoopbackServer({"/pooling": _pooling, "/classify": _classify,
+                         "/v1/models": lambda _: models, "/models": lambda _: models}) as srv:
         yield srv
 
 
-async def test_vllm_prm_over_the_pooling_endpoint(pooling_server: PoolingServer) -> None:
+async def test_vllm_prm_over_the_pooling_endpoint(pooling_server: LoopbackServer) -> None:
     prm = load_prm(f"prm:vllm:{pooling_server.url}?aggregation=min")
     ctx, events = _ctx()
     scores = await prm.score_steps(PROBLEM, STEPS, ctx)
     assert scores == [0.8, 0.1, 0.8]
     assert await prm.score(PROBLEM, STEPS, ctx) == 0.1
-    sent = pooling_server.requests[-1]
-    assert sent["path"] == "/pooling" and sent["model"] == "Qwen/Qwen2.5-Math-PRM-7B"
+    last = pooling_server.requests[-1]
+    sent = last.body
+    assert last.path == "/pooling" and sent["model"] == PRM_MODEL
     assert sent["input"].count("<extra_0>") == 3 and "<|im_start|>user\nWhat is 3 * 4 + 1?" in sent["input"]
     verify = ctx.ledger.usage_by_role()["verify"]
     assert verify.calls == 2 and verify.input_tokens > 0
     assert any(e.kind == "model_call" and e.data["role"] == "verify" for e in events)
 
 
-async def test_vllm_prm_classify_endpoint_sends_one_input_per_step(pooling_server: PoolingServer) -> None:
+async def test_vllm_prm_classify_endpoint_sends_one_input_per_step(pooling_server: LoopbackServer) -> None:
     prm = load_prm(f"prm:vllm:{pooling_server.url}?endpoint=classify&model=Qwen/Qwen2.5-Math-PRM-7B")
     ctx, _ = _ctx()
     scores = await prm.score_steps(PROBLEM, STEPS, ctx)
     assert scores == [0.7, 0.1, 0.7]
-    assert len(pooling_server.requests[-1]["input"]) == 3
+    assert len(pooling_server.requests[-1].body["input"]) == 3
 
 
-async def test_vllm_prm_server_errors_are_model_api_errors(pooling_server: PoolingServer) -> None:
+async def test_vllm_prm_server_errors_are_model_api_errors(pooling_server: LoopbackServer) -> None:
     prm = load_prm(f"prm:vllm:{pooling_server.url}?model=other")
     ctx, _ = _ctx()
     with pytest.raises(ModelAPIError, match="404"):
@@ -254,7 +230,7 @@ async def test_confidence_prm_uses_logprobs_recorded_during_search() -> None:
     """Steps generated in a search are scored from their own logprobs: no probe calls."""
     from testtime.budget import Budget, BudgetLedger
     from testtime.context import RunContext
-    from testtime.models.base import Generation, GenerationRequest, TokenLogprob
+    from testtime.models.base import Generation, TokenLogprob
     from testtime.models.scripted import FunctionModel
     from testtime.search.base import Problem
     from testtime.search.beam import BeamSearch
