@@ -12,9 +12,10 @@ from typing import Any
 import networkx as nx
 
 from testtime.budget import Budget, BudgetLedger
-from testtime.context import RunContext
+from testtime.context import RunContext, final_stopped_reason, spend_report
 from testtime.errors import UserError
 from testtime.models.base import Model
+from testtime.models.prices import require_prices
 from testtime.models.registry import load_model
 from testtime.search.base import Candidate, Problem, SearchStrategy
 from testtime.search.registry import make_strategy
@@ -35,7 +36,10 @@ class Result:
         strategy / model: what ran.
         usage: tokens, calls, USD and seconds actually spent, with ``by_role``.
         budget: the limits the run was held to.
-        stopped_reason: ``done``, ``budget_exhausted``, ``verified``, ...
+        stopped_reason: ``done``, ``verified``, ``budget_exhausted``,
+            ``budget_overdrawn`` (a backend billed more than was reserved; see
+            ``usage["overdrawn"]``) or ``errors`` (calls failed after their
+            retries; ``usage["errors"]`` counts them).
         candidates: every candidate considered, with scores.
         tree: the search tree (networkx DiGraph), possibly empty.
         run_id: identifies the run in traces and checkpoints.
@@ -72,12 +76,14 @@ class Result:
         }
 
 
-def usage_report(ledger: BudgetLedger) -> dict[str, Any]:
-    """The ``usage`` block of a result: totals, seconds, and by role."""
+def usage_report(ledger: BudgetLedger, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``usage`` block of a result: totals, seconds, by role, errors and any overdraw."""
     u = ledger.usage
     report: dict[str, Any] = u.to_dict()
     report["seconds"] = round(ledger.elapsed(), 3)
     report["by_role"] = {role: ru.to_dict() for role, ru in ledger.usage_by_role().items()}
+    if stats is not None:
+        report.update(spend_report(ledger, stats))
     return report
 
 
@@ -113,6 +119,8 @@ def build_context(
     opts = dict(model_options or {})
     if base_url:
         opts["base_url"] = base_url
+    # A usd limit needs a price for every API model: refuse before loading (no probe, no call).
+    require_prices([model], limits, options=opts)
     policy = load_model(model, **opts)
     ctx = RunContext(
         model=policy,
@@ -133,6 +141,7 @@ def build_context(
         ctx.temperature = temperature
     if step_delimiter is not None:
         ctx.step_delimiter = step_delimiter.encode().decode("unicode_escape")
+    require_prices([policy, ctx.verifier, ctx.prm], limits)  # and the judges' models, once loaded
     return ctx
 
 
@@ -215,19 +224,28 @@ async def arun(
         found = await strat.search(problem, ctx)
     except BaseException as exc:
         tracer.emit("run_end", answer=None, stopped_reason="error",
-                    error=f"{type(exc).__name__}: {exc}", usage=usage_report(ctx.ledger))
+                    error=f"{type(exc).__name__}: {exc}", usage=usage_report(ctx.ledger, ctx.stats))
         if writer is not None:
             writer.close()
         raise
+    stopped = final_stopped_reason(found.stopped_reason, ctx.ledger, ctx.stats)
+    last_error = ctx.stats.get("last_error")
+    if last_error is not None and not ctx.stats.get("calls_ok") and found.answer is None:
+        # Not one call succeeded: there is nothing to return but the error.
+        tracer.emit("run_end", answer=None, stopped_reason="error", error=f"{type(last_error).__name__}: "
+                    f"{last_error}", usage=usage_report(ctx.ledger, ctx.stats))
+        if writer is not None:
+            writer.close()
+        raise last_error
     result = Result(
         answer=found.answer,
         text=found.text,
         score=found.score,
         strategy=strat.name,
         model=ctx.model.spec,
-        usage=usage_report(ctx.ledger),
+        usage=usage_report(ctx.ledger, ctx.stats),
         budget=ctx.ledger.budget.to_dict(),
-        stopped_reason=found.stopped_reason,
+        stopped_reason=stopped,
         candidates=found.candidates,
         tree=found.tree,
         run_id=tracer.run_id,

@@ -4,9 +4,14 @@ Every model call goes through :meth:`BudgetLedger.reserve`: the worst case
 (prompt upper bound + n x max_tokens, priced) is reserved *before* the call is
 sent and settled to the actual usage after it returns. A reservation that does
 not fit raises :class:`~testtime.errors.BudgetExhausted`; strategies catch it
-and return their best answer so far. Failed or cancelled calls release their
-reservation. Because reservations are checked against ``spent + reserved``,
-``spent <= limit`` holds on every dimension under any concurrency.
+and return their best answer so far. Because reservations are checked against
+``spent + reserved``, ``spent <= limit`` holds on every dimension under any
+concurrency *as long as no settle exceeds its reservation*. One that does (a
+backend over-reporting, a wrong price) is recorded in full and marks the
+ledger overdrawn: every later reservation is refused
+(:class:`~testtime.errors.BudgetOverdrawn`), so the overspend is bounded by
+that one call's excess. Recording spend that already happened
+(:meth:`BudgetLedger.charge`, :meth:`BudgetLedger.restore`) never raises.
 
 Child ledgers carve a share of their parent for a stage or a subtree: a
 reservation in a child is also a reservation in every ancestor, so a child can
@@ -24,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import BudgetExhausted, BudgetOverdrawn, UserError
 
 #: Dimensions a budget may limit, in display order.
 DIMENSIONS: tuple[str, ...] = ("tokens", "input_tokens", "output_tokens", "calls", "usd", "seconds")
@@ -64,8 +69,15 @@ class Budget:
     def __post_init__(self) -> None:
         for name in DIMENSIONS:
             value = getattr(self, name)
-            if value is not None and (value != value or value < 0):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"budget {name} must be a number, got {value!r}")
+            if value != value or value < 0:
                 raise UserError(f"budget {name} must be a non-negative number, got {value!r}")
+            if value > 1e18:  # inf included
+                raise UserError(f"budget {name}={value!r} is too large (at most 1e18); "
+                                f"leave {name} out for no limit on it")
 
     @classmethod
     def parse(cls, spec: str | None) -> Budget:
@@ -74,8 +86,13 @@ class Budget:
         Raises:
             UserError: naming the part of the spec that could not be read.
         """
-        if spec is None or not spec.strip():
+        if spec is None:
             return cls()
+        if not isinstance(spec, str):
+            raise UserError(f"a budget spec must be a string like tokens=20k,usd=0.5, got {spec!r}")
+        if not spec.strip(" ,\t\n"):
+            raise UserError(f"empty budget spec {spec!r}: give limits like tokens=20k,usd=0.5,seconds=60, "
+                            "or leave the budget out for the default")
         values: dict[str, float] = {}
         for part in re.split(r"[,\s]+", spec.strip()):
             if not part:
@@ -126,6 +143,9 @@ class Budget:
 
 def _parse_amount(key: str, raw: str, spec: str) -> float:
     text = raw.replace("_", "").strip()
+    if text.lower().lstrip("+-$") in ("inf", "infinity", "nan"):
+        raise UserError(f"budget {key}={raw} in {spec!r} is not a limit: give a finite number, "
+                        f"or leave {key} out for no limit on it")
     scale = 1.0
     if key == "seconds":
         # Time units first, so "2min" is two minutes, not two million.
@@ -141,6 +161,9 @@ def _parse_amount(key: str, raw: str, spec: str) -> float:
         )
     number, suffix = match.groups()
     value = float(number) * _SUFFIX[suffix.lower()] * scale
+    if not value <= 1e18:  # 1e400 reads as inf
+        raise UserError(f"budget {key}={raw} in {spec!r} is too large (at most 1e18); "
+                        f"leave {key} out for no limit on it")
     if key in _INT_DIMS and not float(value).is_integer():
         value = float(int(value))
     return value
@@ -155,7 +178,9 @@ class Usage:
     """What one or more model calls consumed (or may consume, when reserved).
 
     ``cached_tokens`` is the part of ``input_tokens`` the backend served from
-    its prefix cache; it is informative and not a separate budget dimension.
+    its prefix cache, and ``reasoning_tokens`` the part of ``output_tokens``
+    spent thinking (billed as output); both are informative, not budget
+    dimensions.
     """
 
     input_tokens: int = 0
@@ -163,6 +188,7 @@ class Usage:
     cached_tokens: int = 0
     calls: int = 0
     usd: float = 0.0
+    reasoning_tokens: int = 0
 
     @property
     def tokens(self) -> int:
@@ -175,6 +201,7 @@ class Usage:
             cached_tokens=self.cached_tokens + other.cached_tokens,
             calls=self.calls + other.calls,
             usd=self.usd + other.usd,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
 
     def amount(self, dimension: str) -> float:
@@ -198,6 +225,7 @@ class Usage:
             "tokens": self.tokens,
             "calls": self.calls,
             "usd": round(self.usd, 10),
+            "reasoning_tokens": self.reasoning_tokens,
         }
 
 
@@ -214,21 +242,36 @@ class Reservation:
     id: int
     done: bool = False
 
-    def settle(self, actual: Usage) -> None:
-        """Replace the hold by what the call actually used."""
-        self.ledger._finish(self, actual)
+    def settle(self, actual: Usage) -> dict[str, float]:
+        """Replace the hold by what the call actually used.
+
+        Returns the dimensions on which ``actual`` exceeded the hold (empty
+        when it fit). Such a settle is still recorded in full -- the spend
+        happened -- and it marks the ledger chain overdrawn.
+        """
+        return self.ledger._finish(self, actual)
 
     def release(self) -> None:
-        """Drop the hold without charging anything (call failed or was cancelled)."""
+        """Drop the hold without charging anything (the call was never billed)."""
         self.ledger._finish(self, None)
 
 
 _INDEX = {dim: i for i, dim in enumerate(DIMENSIONS)}
 _NDIM = len(DIMENSIONS)
+# Dimensions a settle is compared on (seconds is wall time, not a settle).
+_SETTLE_DIMS = tuple((i, d) for i, d in enumerate(DIMENSIONS) if d != "seconds")
 
 
 class BudgetLedger:
     """Enforces a :class:`Budget` across concurrent calls (thread- and task-safe).
+
+    The guarantee: a reservation is admitted only when ``spent + reserved +
+    worst case <= limit`` on every limited dimension of this ledger and every
+    ancestor. So ``spent <= limit`` holds as long as every settle is at most its
+    reservation. A settle above its reservation (a backend that over-reports,
+    or a wrong price table) is recorded in full, marks the whole chain
+    *overdrawn* (:attr:`overdrawn`), and every later reservation is refused
+    with :class:`~testtime.errors.BudgetOverdrawn`.
 
     Args:
         budget: the limits.
@@ -256,14 +299,19 @@ class BudgetLedger:
         # Spent and reserved per dimension, indexed like DIMENSIONS.
         self._spent = [0.0] * _NDIM
         self._reserved = [0.0] * _NDIM
-        # Settled usage as plain floats [input, output, cached, calls, usd]:
+        # Settled usage as plain floats [input, output, cached, calls, usd, reasoning]:
         # adding dataclasses on every settle is measurable on the hot path.
-        self._acc = [0.0] * 5
+        self._acc = [0.0] * 6
         self._role_acc: dict[str, list[float]] = {}
         self._open: dict[int, Reservation] = {}
         self._next_id = 0
         self._seconds_offset = 0.0
+        self._in_flight = 0  # open reservations here and in every descendant
+        self._settles = 0  # bumps on every settle/release (for waiters)
+        self._waiters: list[tuple[Any, Any]] = []
         self.refusals = 0
+        #: Dimension -> total excess of settles over their reservations (empty: never overdrawn).
+        self.overdrawn: dict[str, float] = {}
         self.children: list[BudgetLedger] = []
         if start_spent is not None:
             self.restore(start_spent)
@@ -308,8 +356,31 @@ class BudgetLedger:
             return max(room, 0.0)
 
     def open_reservations(self) -> int:
+        """Reservations opened on this ledger itself and not yet settled or released."""
         with self._lock:
             return len(self._open)
+
+    def in_flight(self) -> int:
+        """Open reservations anywhere in the run (the root and all its descendants)."""
+        return self.root()._in_flight
+
+    def is_overdrawn(self) -> bool:
+        """True when this ledger or an ancestor has been overdrawn."""
+        node: BudgetLedger | None = self
+        while node is not None:
+            if node.overdrawn:
+                return True
+            node = node.parent
+        return False
+
+    def over_limit(self) -> dict[str, float]:
+        """Dimension -> how far spent is above this ledger's limit (empty when within)."""
+        out: dict[str, float] = {}
+        for dim, lim in self.budget.limits().items():
+            excess = self.spent(dim) - lim
+            if excess > (1e-9 if dim == "usd" else 0) and dim != "seconds":
+                out[dim] = excess
+        return out
 
     def fraction_used(self) -> float:
         """The largest spent/limit ratio over limited dimensions (0 if unlimited)."""
@@ -338,11 +409,16 @@ class BudgetLedger:
         """Hold ``amount`` (a worst case) on this ledger and every ancestor.
 
         Raises:
+            BudgetOverdrawn: the ledger chain is overdrawn; nothing is admitted.
             BudgetExhausted: the hold would let some dimension exceed its limit,
                 or the time budget is already used up.
         """
         with self._lock:
             chain = self._chain()
+            for node in chain:
+                if node.overdrawn:
+                    node.refusals += 1
+                    raise BudgetOverdrawn(node.name, node.overdrawn)
             for node in chain:
                 node._check(amount)
             amounts = amount.amounts()
@@ -350,6 +426,7 @@ class BudgetLedger:
                 reserved = node._reserved
                 for i in range(_NDIM):
                     reserved[i] += amounts[i]
+                node._in_flight += 1
             self._next_id += 1
             res = Reservation(ledger=self, amount=amount, role=role, id=self._next_id)
             self._open[res.id] = res
@@ -376,22 +453,36 @@ class BudgetLedger:
         with self._lock:
             try:
                 for node in self._chain():
-                    node._check(amount)
+                    if node.overdrawn:
+                        return False
+                    node._check(amount, count=False)
             except BudgetExhausted:
                 return False
             return True
 
     def charge(self, actual: Usage, *, role: str = "solve") -> None:
-        """Record usage that was not reserved beforehand (e.g. restored state)."""
-        res = self.reserve(ZERO, role=role)
-        res.settle(actual)
+        """Record spend that already happened (restored state, a replayed call).
+
+        Never raises and never checks limits: the spend is a fact, and losing
+        it would understate what was paid. It reaches every ancestor.
+        """
+        with self._lock:
+            used = actual.amounts()
+            for node in self._chain():
+                node._record(used, actual, role)
 
     def restore(self, spent: Usage, seconds: float = 0.0) -> None:
-        """Load spend from a checkpoint so a resumed run keeps the same total."""
+        """Load spend from a checkpoint so a resumed run keeps the same total.
+
+        Like :meth:`charge` it never raises and reaches every ancestor; the
+        ``seconds`` offset applies to this ledger's own clock.
+        """
         with self._lock:
-            for i, a in enumerate(spent.amounts()):
-                self._spent[i] += a
-            _accumulate(self._acc, spent)
+            used = spent.amounts()
+            for node in self._chain():
+                for i, a in enumerate(used):
+                    node._spent[i] += a
+                _accumulate(node._acc, spent)
             self._seconds_offset += seconds
 
     def child(self, budget: Budget | None = None, *, name: str = "child") -> BudgetLedger:
@@ -413,7 +504,35 @@ class BudgetLedger:
                 kw[dim] = int(v) if dim in _INT_DIMS else v
         return self.child(Budget(**kw), name=name)
 
+    # --------------------------------------------------------------- waiting
+    def settle_count(self) -> int:
+        """A counter that moves on every settle or release anywhere in the run."""
+        return self.root()._settles
+
+    async def wait_for_settle(self, since: int) -> None:
+        """Wait until some reservation in the run settles after :meth:`settle_count` was ``since``.
+
+        Returns at once when one already has, or when nothing is in flight.
+        """
+        import asyncio
+
+        root = self.root()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if root._settles != since or root._in_flight == 0:
+                return
+            fut = loop.create_future()
+            root._waiters.append((loop, fut))
+        await fut
+
     # ------------------------------------------------------------- internals
+    def root(self) -> BudgetLedger:
+        """The run's top ledger (this one when it has no parent)."""
+        node = self
+        while node.parent is not None:
+            node = node.parent
+        return node
+
     def _chain(self) -> list[BudgetLedger]:
         chain: list[BudgetLedger] = []
         node: BudgetLedger | None = self
@@ -422,12 +541,12 @@ class BudgetLedger:
             node = node.parent
         return chain
 
-    def _check(self, amount: Usage) -> None:
+    def _check(self, amount: Usage, *, count: bool = True) -> None:
         amounts = amount.amounts()
         for i, dim, lim in self._limits:
             if dim == "seconds":
                 if self.elapsed() >= lim:
-                    self.refusals += 1
+                    self.refusals += count
                     raise BudgetExhausted(dim, 0.0, 0.0, self.name)
                 continue
             need = amounts[i]
@@ -435,32 +554,59 @@ class BudgetLedger:
             # A small epsilon keeps float sums of USD prices from refusing an
             # exact fit.
             if used + need > lim + 1e-12:
-                self.refusals += 1
+                self.refusals += count
                 raise BudgetExhausted(dim, need, max(lim - used, 0.0), self.name)
 
-    def _finish(self, res: Reservation, actual: Usage | None) -> None:
+    def _record(self, used: tuple[float, ...], actual: Usage, role: str) -> None:
+        spent = self._spent
+        for i in range(_NDIM):
+            spent[i] += used[i]
+        _accumulate(self._acc, actual)
+        role_acc = self._role_acc.get(role)
+        if role_acc is None:
+            role_acc = self._role_acc[role] = [0.0] * 6
+        _accumulate(role_acc, actual)
+
+    def _finish(self, res: Reservation, actual: Usage | None) -> dict[str, float]:
+        over: dict[str, float] = {}
         with self._lock:
             if res.done:
-                return
+                return over
             res.done = True
             self._open.pop(res.id, None)
             held = res.amount.amounts()
             used = actual.amounts() if actual is not None else None
-            for node in self._chain():
+            if used is not None:
+                for i, dim in _SETTLE_DIMS:
+                    excess = used[i] - held[i]
+                    if excess > (1e-12 if dim == "usd" else 0):
+                        over[dim] = excess
+            chain = self._chain()
+            for node in chain:
                 reserved = node._reserved
                 for i in range(_NDIM):
                     left = reserved[i] - held[i]
                     # Float USD sums drift by ~1e-18; snap them back to zero.
                     reserved[i] = 0.0 if -1e-9 < left < 1e-9 else left
+                node._in_flight -= 1
                 if actual is not None and used is not None:
-                    spent = node._spent
-                    for i in range(_NDIM):
-                        spent[i] += used[i]
-                    _accumulate(node._acc, actual)
-                    role_acc = node._role_acc.get(res.role)
-                    if role_acc is None:
-                        role_acc = node._role_acc[res.role] = [0.0] * 5
-                    _accumulate(role_acc, actual)
+                    node._record(used, actual, res.role)
+                for dim, excess in over.items():
+                    node.overdrawn[dim] = node.overdrawn.get(dim, 0.0) + excess
+            root = chain[-1]
+            root._settles += 1
+            waiters, root._waiters = root._waiters, []
+        for loop, fut in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:  # that loop is closed; nobody waits there any more
+                pass
+        return over
+
+
+def _wake(fut: Any) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _accumulate(acc: list[float], u: Usage) -> None:
@@ -469,8 +615,9 @@ def _accumulate(acc: list[float], u: Usage) -> None:
     acc[2] += u.cached_tokens
     acc[3] += u.calls
     acc[4] += u.usd
+    acc[5] += u.reasoning_tokens
 
 
 def _usage_of(acc: list[float]) -> Usage:
     return Usage(input_tokens=int(acc[0]), output_tokens=int(acc[1]), cached_tokens=int(acc[2]),
-                 calls=int(acc[3]), usd=acc[4])
+                 calls=int(acc[3]), usd=acc[4], reasoning_tokens=int(acc[5]))

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list model backends and whether each is usable here")
     models.add_argument("--base-url", help="OpenAI-compatible server to probe")
     models.add_argument("--json", action="store_true", help="print JSON")
+    models.add_argument("--prices", action="store_true", help="print the whole effective price table")
+    models.add_argument("--model", action="append", default=[], metavar="SPEC",
+                        help="also show the price this model will use, repeatable")
+    models.add_argument("--price", action="append", default=[], metavar="MODEL=IN,OUT[,CACHED]",
+                        help="as on `run`: apply this price first (to preview it)")
     models.set_defaults(func=_cmd_models)
     for name in EXTENSIONS:
         try:
@@ -73,6 +79,9 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
                    help="task input, repeatable")
     p.add_argument("--resume", default=None, metavar="RUN_ID", help="resume a checkpointed task run")
+    p.add_argument("--price", action="append", default=[], metavar="MODEL=IN,OUT[,CACHED]",
+                   help="price of a model in USD per 1M tokens, repeatable; MODEL is backend:model "
+                   "(globs with *), e.g. --price openai:my-model=0.5,1.5")
     p.set_defaults(func=_cmd_run)
 
 
@@ -85,12 +94,39 @@ def parse_options(pairs: Sequence[str], what: str = "--option") -> dict[str, Any
         key, _, raw = pair.partition("=")
         try:
             out[key.strip().replace("-", "_")] = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an int too long, nested too deep: the text
             out[key.strip().replace("-", "_")] = raw
     return out
 
 
+def _check_run_args(args: argparse.Namespace) -> None:
+    """Reject values no run can use, before any work (one line each)."""
+    if args.budget is not None and not args.budget.strip(" ,\t\n"):
+        raise UserError("--budget is empty: give limits like tokens=20k,usd=0.5,seconds=60, "
+                        "or omit --budget for the default")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.question is not None:
+        args.question = _valid_text(args.question)
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with lone surrogates (undecodable bytes of a non-UTF-8 argv) as U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    _check_run_args(args)
+    if args.price:
+        from testtime.models.prices import apply_price_args
+
+        apply_price_args(args.price)
     if args.task:
         from testtime.orchestrator.cli_support import run_task_command
 
@@ -136,9 +172,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from testtime.models.availability import check_all, render_table
+    from testtime.models.availability import check_all, price_rows, render_prices, render_table
 
-    rows = check_all(base_url=args.base_url)
+    if args.price:
+        from testtime.models.prices import apply_price_args
+
+        apply_price_args(args.price)
+    if args.prices:
+        rows = price_rows(args.model)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            render_prices(rows)
+        return 0
+    rows = check_all(base_url=args.base_url, models=args.model)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -161,17 +208,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"testtime: error: {exc}", file=sys.stderr)
+        _say("error", exc)
         return 2
     except ModelAPIError as exc:
-        print(f"testtime: model error: {exc}", file=sys.stderr)
+        _say("model error", exc)
         return 1
     except TesttimeError as exc:
-        print(f"testtime: error: {exc}", file=sys.stderr)
+        _say("error", exc)
         return 1
     except KeyboardInterrupt:
         print("testtime: interrupted", file=sys.stderr)
         return 130
+
+
+def _say(what: str, exc: BaseException) -> None:
+    """Print ``testtime: WHAT: message`` with URL credentials and keys removed."""
+    from testtime.trace.events import redact
+
+    print(f"testtime: {what}: {redact(str(exc))}", file=sys.stderr)
 
 
 def entrypoint() -> None:

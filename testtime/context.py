@@ -1,25 +1,74 @@
 """RunContext: what every strategy, verifier and workflow node spends through.
 
 It bundles the ledger, the tracer, a seeded RNG and the default models, and
-owns the one code path that calls a model: reserve the worst case, call,
-settle to actual usage (or release on failure/cancellation), trace.
+owns the one code path that calls a model (:meth:`RunContext.generate`):
+
+1. reserve the worst case (waiting for calls in flight to settle before
+   refusing, so slack they return can be used);
+2. write the reservation ahead to the call journal, when checkpointing;
+3. send one attempt and consume its stream, counting what arrives;
+4. settle what the backend reported -- the worst case when it reported
+   nothing; a settle above the reservation marks the ledger overdrawn;
+5. journal the result.
+
+A failed attempt is settled at what it may have cost (what the provider says
+it billed; the prompt plus the tokens received when a stream was cut, timed
+out or cancelled) or released (an HTTP error reply), and retried under the
+backend's :attr:`~testtime.models.base.Model.retry_policy` with a new
+reservation, so every request sent is reserved and counted as a call. When
+the retries run out the error is traced and raised as
+:class:`~testtime.errors.CallFailed`, which strategies treat like a refusal:
+they return the best answer they have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from testtime.budget import BudgetLedger, Usage
-from testtime.errors import BudgetExhausted
-from testtime.models.base import Generation, GenerationRequest, Model
+from testtime.errors import BudgetExhausted, BudgetOverdrawn, CallFailed, ModelAPIError, SearchStop
+from testtime.models.base import Generation, GenerationRequest, Model, StreamDelta, StreamEnd
 from testtime.trace.events import NullTracer, Tracer, current_tracer
 
 if TYPE_CHECKING:
     from testtime.verifiers.base import ProcessRewardModel, Verifier
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplayedCall:
+    """A call a journal saw complete in an earlier process: what it returned and cost."""
+
+    generations: list[Generation]
+    usage: Usage
+
+
+class CallJournal(Protocol):
+    """Where the spend path writes each call ahead and records how it ended.
+
+    The orchestrator's SQLite journal implements it; ``lookup`` lets a
+    resumed run replay completed calls instead of sending them again.
+    """
+
+    def lookup(self, key: str) -> ReplayedCall | None: ...
+
+    def begin(self, key: str, worst: Usage, role: str) -> None: ...
+
+    def complete(self, key: str, generations: list[Generation], usage: Usage, role: str) -> None: ...
+
+    def abort(self, key: str, settled: Usage | None, role: str) -> None: ...
+
+
+def new_stats() -> dict[str, Any]:
+    """Run-wide call counters, shared by every context derived from one run."""
+    return {"calls_ok": 0, "errors": 0, "refusals": 0, "retries": 0, "replayed": 0,
+            "last_error": None, "key_counts": Counter()}
 
 
 @dataclass(kw_only=True)
@@ -39,6 +88,11 @@ class RunContext:
         step_max_tokens: default max tokens of one reasoning step.
         temperature: default sampling temperature.
         seed: the run's seed (None: nondeterministic).
+        journal: the call journal (checkpointed runs), or None.
+        call_scope: where in the workflow calls come from (stage/node/round);
+            part of every journal key.
+        stats: run-wide counters (successful calls, errors, refusals,
+            retries, replays); shared by derived contexts.
     """
 
     model: Model
@@ -56,6 +110,9 @@ class RunContext:
     system_prompt: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     in_flight: int = 0
+    journal: CallJournal | None = None
+    call_scope: str = ""
+    stats: dict[str, Any] = field(default_factory=new_stats)
 
     def derive(self, **changes: Any) -> RunContext:
         """A copy with some fields changed (e.g. a stage's child ledger)."""
@@ -67,77 +124,284 @@ class RunContext:
             return None
         return self.rng.randrange(2**31)
 
+    def usage(self) -> Usage:
+        return self.ledger.usage
+
+    # ------------------------------------------------------------ the path
     async def generate(
         self, request: GenerationRequest, *, role: str = "solve", model: Model | None = None
     ) -> list[Generation]:
-        """Call a model under the budget.
+        """Call a model under the budget; returns up to ``request.n`` generations.
 
-        Reserves ``model.worst_case(request)`` first; a refusal raises
-        :class:`BudgetExhausted` before anything is sent. The call is bounded
-        by the time left in the budget. On success the reservation settles to
-        the reported usage (one call per request, whatever the fan-out).
+        Raises:
+            BudgetExhausted: the worst case did not fit (nothing was sent).
+            BudgetOverdrawn: the ledger is overdrawn (nothing was sent).
+            CallFailed: the call failed after its retries (traced as ``error``).
         """
         model = model or self.model
-        worst = model.worst_case(request)
-        try:
-            res = self.ledger.reserve(worst, role=role)
-        except BudgetExhausted as exc:
-            self.tracer.emit("budget_refused", role=role, model=model.spec,
-                             dimension=exc.dimension, requested=exc.requested,
-                             remaining=exc.remaining)
-            raise
-        self.in_flight += 1
-        t0 = time.monotonic()
-        token = current_tracer.set(self.tracer)
-        try:
-            timeout = self.ledger.remaining("seconds")
-            if timeout == float("inf"):
-                gens = await model.generate(request)
-            else:
-                try:
-                    gens = await asyncio.wait_for(model.generate(request), timeout)
-                except TimeoutError:
-                    raise BudgetExhausted("seconds", 0.0, 0.0, self.ledger.name) from None
-        except BaseException as exc:
-            res.release()
-            if not isinstance(exc, (asyncio.CancelledError, BudgetExhausted)):
-                self.tracer.emit("error", where=f"model_call {model.spec}", role=role,
-                                 error=f"{type(exc).__name__}: {exc}")
-            raise
-        finally:
-            self.in_flight -= 1
-            current_tracer.reset(token)
-        actual = _call_usage(gens)
-        if actual.tokens > worst.tokens or actual.usd > worst.usd + 1e-12:
-            self.tracer.emit("note", message=f"{model.spec} reported more usage than its worst case",
-                             reserved=worst.to_dict(), actual=actual.to_dict())
-        res.settle(actual)
+        if request.n > 1 and not model.capabilities.native_n:
+            return await self._fan_out(request, role, model)
+        gens = await self._call(request, role, model)
+        if len(gens) < request.n:
+            gens = await self._top_up(request, gens, role, model)
         if request.logprobs and role == "solve":
             recorder = getattr(self.prm, "record", None)
             if recorder is not None:
                 for g in gens:
                     if g.logprobs:
                         recorder(g.text, g.logprobs)
+        return gens
+
+    async def _fan_out(self, request: GenerationRequest, role: str, model: Model) -> list[Generation]:
+        # One request per sample, each reserved, retried and counted on its
+        # own: a failed or refused sample does not cost the others.
+        base = request.seed
+        parts = [request.with_(n=1, seed=None if base is None else base + i) for i in range(request.n)]
+        results = await asyncio.gather(*(self._call(p, role, model) for p in parts), return_exceptions=True)
+        stops = [r for r in results if isinstance(r, SearchStop)]
+        others = [r for r in results if isinstance(r, BaseException) and not isinstance(r, SearchStop)]
+        if others:
+            raise others[0]
+        gens = [g for r in results if not isinstance(r, BaseException) for g in r]
+        if not gens and stops:
+            raise stops[0]
+        return gens
+
+    async def _top_up(self, request: GenerationRequest, gens: list[Generation], role: str,
+                      model: Model) -> list[Generation]:
+        # The server returned fewer choices than n: ask again for the rest,
+        # through the ledger like any call (the backend now knows n is ignored).
+        missing = request.n - len(gens)
+        self.tracer.emit("note", message=f"{model.spec} returned {len(gens)} of {request.n} choices; "
+                         f"requesting {missing} more", role=role)
+        seed = None if request.seed is None else request.seed + len(gens)
+        try:
+            more = await self.generate(request.with_(n=missing, seed=seed), role=role, model=model)
+        except SearchStop:
+            return gens
+        return gens + more
+
+    async def _call(self, request: GenerationRequest, role: str, model: Model) -> list[Generation]:
+        """One logical call: replay from the journal, or attempts under the retry policy."""
+        key = self._journal_key(request, role, model) if self.journal is not None else None
+        if key is not None:
+            replay = self.journal.lookup(key)  # type: ignore[union-attr]
+            if replay is not None:
+                self.ledger.charge(replay.usage, role=role)
+                self.stats["replayed"] += 1
+                self.stats["calls_ok"] += 1
+                if self.tracer.sinks:
+                    self.tracer.emit("model_call", model=model.spec, role=role, n=request.n,
+                                     usage=replay.usage.to_dict(), latency_s=0.0, replayed=True,
+                                     finish_reasons=[g.finish_reason for g in replay.generations])
+                return list(replay.generations)
+        policy = model.retry_policy
+        attempts = max(int(getattr(policy, "max_attempts", 1)), 1) if policy is not None else 1
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(request, role, model, key)
+            except ModelAPIError as exc:
+                wait = self._retry_wait(exc, policy, attempt, attempts)
+                if wait is None:
+                    self.stats["errors"] += 1
+                    self.stats["last_error"] = exc
+                    self.tracer.emit("error", where=f"model_call {model.spec}", role=role,
+                                     error=f"{type(exc).__name__}: {exc}", attempts=attempt)
+                    raise CallFailed(exc) from exc
+                self.stats["retries"] += 1
+                self.tracer.emit("retry", model=model.spec, attempt=attempt, error=str(exc),
+                                 wait_s=round(wait, 3))
+                from testtime.models import retry as retry_module
+
+                await retry_module._sleep(wait)
+
+    def _retry_wait(self, exc: ModelAPIError, policy: Any, attempt: int, attempts: int) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up."""
+        if not exc.retryable or attempt >= attempts or policy is None:
+            return None
+        wait = exc.retry_after if exc.retry_after is not None else float(policy.backoff(attempt))
+        cap = getattr(policy, "max_retry_after", None)
+        if cap is not None and exc.retry_after is not None and exc.retry_after > float(cap):
+            return None  # the server asks for longer than we agreed to wait
+        # Honour Retry-After up to the run's deadline, never past it.
+        if wait >= self.ledger.remaining("seconds"):
+            return None
+        return max(wait, 0.0)
+
+    async def _reserve(self, worst: Usage, role: str, model: Model) -> Any:
+        while True:
+            seen = self.ledger.settle_count()
+            try:
+                return self.ledger.reserve(worst, role=role)
+            except BudgetOverdrawn:
+                self.stats["refusals"] += 1
+                self.tracer.emit("budget_refused", role=role, model=model.spec, dimension="overdrawn",
+                                 requested=0, remaining=0)
+                raise
+            except BudgetExhausted as exc:
+                # Calls in flight will return their slack when they settle;
+                # wait for that before refusing.
+                if exc.dimension != "seconds" and self.ledger.in_flight() > 0:
+                    timeout = self.ledger.remaining("seconds")
+                    try:
+                        await asyncio.wait_for(self.ledger.wait_for_settle(seen),
+                                               None if timeout == float("inf") else timeout)
+                    except TimeoutError:
+                        pass
+                    continue
+                self.stats["refusals"] += 1
+                self.tracer.emit("budget_refused", role=role, model=model.spec,
+                                 dimension=exc.dimension, requested=exc.requested,
+                                 remaining=exc.remaining)
+                raise
+
+    async def _attempt(self, request: GenerationRequest, role: str, model: Model,
+                       key: str | None) -> list[Generation]:
+        worst = model.worst_case(request)
+        res = await self._reserve(worst, role, model)
+        journal = self.journal if key is not None else None
+        if journal is not None:
+            try:
+                journal.begin(key, worst, role)  # type: ignore[arg-type]
+            except BaseException:
+                res.release()
+                raise
+        received = [0]
+        self.in_flight += 1
+        t0 = time.monotonic()
+        token = current_tracer.set(self.tracer)
+        try:
+            timeout = self.ledger.remaining("seconds")
+            consume = self._consume(model, request, received)
+            if timeout == float("inf"):
+                end = await consume
+            else:
+                try:
+                    end = await asyncio.wait_for(consume, timeout)
+                except TimeoutError:
+                    self._settle_failed(res, None, worst, received[0], model, key, role)
+                    raise BudgetExhausted("seconds", 0.0, 0.0, self.ledger.name) from None
+        except BaseException as exc:
+            if not res.done:
+                self._settle_failed(res, exc, worst, received[0], model, key, role)
+            raise
+        finally:
+            self.in_flight -= 1
+            current_tracer.reset(token)
+        actual = end.usage
+        if actual is None:
+            actual = worst
+            self.tracer.emit("note", message=f"{model.spec} reported no usage; settled at the worst case",
+                             role=role, settled=worst.to_dict())
+        elif actual.calls < 1:
+            actual = replace(actual, calls=1)
+        over = res.settle(actual)
+        if over:
+            self.tracer.emit("error", where=f"budget {self.ledger.name}", role=role,
+                             error=f"{model.spec} billed more than its reservation; the budget is "
+                                   f"overdrawn and no further calls are made",
+                             over=over, reserved=worst.to_dict(), actual=actual.to_dict())
+        if journal is not None:
+            journal.complete(key, end.generations, actual, role)  # type: ignore[arg-type]
+        self.stats["calls_ok"] += 1
         if self.tracer.sinks:  # skip building the event when nobody listens
             self.tracer.emit(
                 "model_call", model=model.spec, role=role, n=request.n,
                 usage=actual.to_dict(), latency_s=round(time.monotonic() - t0, 6),
-                finish_reasons=[g.finish_reason for g in gens],
+                finish_reasons=[g.finish_reason for g in end.generations],
             )
-        return gens
+        return list(end.generations)
 
-    def usage(self) -> Usage:
-        return self.ledger.usage
+    async def _consume(self, model: Model, request: GenerationRequest, received: list[int]) -> StreamEnd:
+        stream = model.stream(request)
+        end: StreamEnd | None = None
+        try:
+            async for item in stream:
+                if isinstance(item, StreamDelta):
+                    received[0] += item.tokens
+                elif isinstance(item, StreamEnd):
+                    end = item
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if end is None:
+            raise ModelAPIError(f"{model.spec}: the stream ended without a result", retryable=True,
+                                backend=model.backend)
+        return end
+
+    def _settle_failed(self, res: Any, exc: BaseException | None, worst: Usage, received: int,
+                       model: Model, key: str | None, role: str) -> None:
+        """Settle a failed attempt at what it may have cost, or release it."""
+        settled: Usage | None
+        if isinstance(exc, ModelAPIError) and exc.billed is not None:
+            settled = exc.billed
+        elif isinstance(exc, ModelAPIError) and (exc.status is not None or not exc.sent):
+            settled = None  # an error reply, or never sent: nothing was generated
+        elif exc is not None and not isinstance(exc, (ModelAPIError, asyncio.CancelledError,
+                                                      TimeoutError, ConnectionError)):
+            settled = None  # raised before or instead of a request (bad input, a bug)
+        else:
+            # Cut, timed out or cancelled after sending: the provider may
+            # bill the prompt and whatever it generated.
+            out = min(received, worst.output_tokens)
+            settled = Usage(input_tokens=worst.input_tokens, output_tokens=out, calls=worst.calls,
+                            usd=model.price.cost(worst.input_tokens, out, 0))
+        if settled is None:
+            res.release()
+        else:
+            over = res.settle(settled)
+            if over:
+                self.tracer.emit("error", where=f"budget {self.ledger.name}", role=role,
+                                 error=f"{model.spec} billed more than its reservation for a failed call",
+                                 over=over)
+        if key is not None and self.journal is not None:
+            try:
+                self.journal.abort(key, settled, role)
+            except Exception:  # the journal must not mask the call's own error
+                pass
+
+    def _journal_key(self, request: GenerationRequest, role: str, model: Model) -> str:
+        fields = {
+            "model": model.spec, "role": role, "prompt": request.prompt,
+            "messages": [dict(m) for m in request.messages] if request.messages else None,
+            "system": request.system, "prefix": request.prefix, "n": request.n,
+            "max_tokens": request.max_tokens, "temperature": request.temperature,
+            "top_p": request.top_p, "stop": list(request.stop), "seed": request.seed,
+            "logprobs": request.logprobs, "top_logprobs": request.top_logprobs,
+            "thinking_budget": request.thinking_budget,
+        }
+        digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        base = f"{self.call_scope}|{digest}"
+        counts = self.stats["key_counts"]
+        counts[base] += 1
+        return f"{base}|{counts[base] - 1}"
 
 
-def _call_usage(gens: list[Generation]) -> Usage:
-    """Sum of the generations' usage, counted as one call (one reservation)."""
-    inp = out = cached = 0
-    usd = 0.0
-    for g in gens:
-        u = g.usage
-        inp += u.input_tokens
-        out += u.output_tokens
-        cached += u.cached_tokens
-        usd += u.usd
-    return Usage(input_tokens=inp, output_tokens=out, cached_tokens=cached, calls=1, usd=usd)
+def final_stopped_reason(reason: str, ledger: BudgetLedger, stats: dict[str, Any]) -> str:
+    """The run's stopped_reason once the ledger and the call counters are known.
+
+    Strategies report ``budget_exhausted`` for any :class:`SearchStop`; this
+    tells the three apart: ``budget_overdrawn`` (a backend billed more than
+    was reserved), ``errors`` (calls failed and the budget never refused), or
+    the strategy's own reason.
+    """
+    if ledger.root().overdrawn:
+        return "budget_overdrawn"
+    if stats.get("errors") and reason in ("budget_exhausted", "error") and not stats.get("refusals"):
+        return "errors"
+    return reason
+
+
+def spend_report(ledger: BudgetLedger, stats: dict[str, Any]) -> dict[str, Any]:
+    """Errors, retries, replays and any overdraw, for a result's ``usage`` block."""
+    out: dict[str, Any] = {"errors": int(stats.get("errors", 0)), "retries": int(stats.get("retries", 0))}
+    if stats.get("replayed"):
+        out["replayed_calls"] = int(stats["replayed"])
+    root = ledger.root()
+    if root.overdrawn:
+        out["overdrawn"] = {"excess_over_reservations": dict(root.overdrawn),
+                            "over_limit": root.over_limit()}
+    return out

@@ -18,7 +18,7 @@ from testtime.errors import BudgetExhausted, UserError
         ("calls=10 output_tokens=2k", Budget(calls=10, output_tokens=2000)),
         ("input=300,usd=$2", Budget(input_tokens=300, usd=2.0)),
         ("seconds=2min", Budget(seconds=120.0)),
-        ("", Budget()),
+        (None, Budget()),
     ],
 )
 def test_parse_budget_specs(spec: str, expected: Budget) -> None:
@@ -33,6 +33,7 @@ def test_parse_budget_specs(spec: str, expected: Budget) -> None:
         ("bananas=3", "'bananas'"),
         ("tokens=1,tokens=2", "given twice"),
         ("usd=-1", "bad value"),
+        ("", "empty budget spec"),
     ],
 )
 def test_bad_budget_specs_name_the_bad_part(spec: str, fragment: str) -> None:

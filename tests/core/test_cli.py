@@ -84,7 +84,8 @@ def test_python_api_matches_cli() -> None:
 
     result = testtime.run("q", model="scripted:The answer is 9.", budget="tokens=100k", n=2, seed=3)
     assert result.answer == "9" and result.stopped_reason == "done"
-    assert result.to_dict()["usage"]["calls"] == 1  # one request with n=2
+    # The scripted model has no native n: n=2 is two requests, and calls counts requests.
+    assert result.to_dict()["usage"]["calls"] == 2
 
 
 async def test_arun_inside_event_loop() -> None:

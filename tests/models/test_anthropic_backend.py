@@ -90,10 +90,11 @@ async def test_timeout_is_retried(srv: LoopbackServer, sleeps: list[float], even
     assert "timed out" in [e for e in events if e.kind == "retry"][0].data["error"]
 
 
-async def test_timeouts_exhaust_the_attempts(srv: LoopbackServer, sleeps: list[float]) -> None:
+async def test_timeouts_exhaust_the_retries(srv: LoopbackServer, sleeps: list[float]) -> None:
     srv.push(MESSAGES, Reply(body=message("late"), delay=1.0), Reply(body=message("late"), delay=1.0))
     with pytest.raises(ModelAPIError, match="timed out") as info:
-        await claude(srv, timeout=0.2, max_retries=2).generate(GenerationRequest(prompt="hi"))
+        await claude(srv, idle_timeout=0.2, max_retries=1).generate(GenerationRequest(prompt="hi"))
+    # max_retries=1: the first attempt and one retry
     assert info.value.retryable and len(srv.requests_to(MESSAGES)) == 2
 
 

@@ -72,13 +72,17 @@ async def test_unknown_server_fans_out_n(srv: LoopbackServer) -> None:
     assert all(g.finish_reason == "eos" for g in gens)
 
 
-async def test_native_n_is_topped_up_when_the_server_ignores_it(srv: LoopbackServer) -> None:
+async def test_fewer_choices_than_n_are_returned_as_is_without_extra_requests(srv: LoopbackServer) -> None:
     srv.push(CHAT, Reply(body=completion(["only one"])))
     model = gpt(srv, native_n=True)
-    gens = await model.generate(GenerationRequest(prompt="q", n=3))
-    assert len(gens) == 3
-    assert srv.requests_to(CHAT)[0].body["n"] == 3 and len(srv.requests_to(CHAT)) == 3
-    assert model.native_n is False  # remembered for the next reservation
+    req = GenerationRequest(prompt="q", n=3)
+    assert model.worst_case(req).calls == 1
+    gens = await model.generate(req)
+    assert [g.text for g in gens] == ["only one"]
+    assert srv.requests_to(CHAT)[0].body["n"] == 3 and len(srv.requests_to(CHAT)) == 1  # no top-up here
+    # remembered for later reservations only: they now assume one request per sample
+    assert model.capabilities.native_n is False and model.worst_case(req).calls == 3
+    assert model.native_n is True  # requests in flight keep the shape they were reserved for
 
 
 async def test_native_n_and_output_tokens_split(srv: LoopbackServer) -> None:

@@ -13,7 +13,9 @@ async def test_weighted_vote_with_a_genrm_spec_splits_usage_by_role() -> None:
                                  budget="tokens=20000")
     by_role = result.usage["by_role"]
     assert set(by_role) == {"solve", "verify"}
-    assert by_role["verify"]["calls"] == 4  # one GenRM call (m=3 samples) per candidate
+    # One GenRM judgement (m=3 samples) per candidate; the scripted judge has no
+    # native n, so each judgement is 3 requests and calls counts requests.
+    assert by_role["verify"]["calls"] == 4 * 3
     assert by_role["verify"]["output_tokens"] == 4 * 3 * 3  # "Checked. Verdict: Yes" = 3 words
     for key in ("input_tokens", "output_tokens", "calls"):
         assert by_role["solve"][key] + by_role["verify"][key] == result.usage[key]

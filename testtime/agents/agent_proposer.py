@@ -42,7 +42,7 @@ from testtime.agents.allocation import (
 )
 from testtime.budget import Budget, BudgetLedger
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, ModelAPIError, UserError
+from testtime.errors import ModelAPIError, SearchStop, UserError
 from testtime.models.base import GenerationRequest, Model
 
 SYSTEM = (
@@ -366,14 +366,14 @@ class AgentAllocator(Allocator):
                                     metadata={"purpose": "allocate"})
         try:
             gens = await ctx.generate(request, role="allocate")
-        except BudgetExhausted:
-            self._llm_enabled = False  # the proposer's budget is spent: fallback from here on
-            return
-        except ModelAPIError:
+        except ModelAPIError:  # CallFailed included: a failed call, not a spent budget
             self.counts["llm_errors"] += 1
             self._errors += 1
             if self._errors >= self.max_errors:
                 self._llm_enabled = False
+            return
+        except SearchStop:
+            self._llm_enabled = False  # the proposer's budget is spent: fallback from here on
             return
         self._errors = 0
         self.counts["llm_calls"] += 1

@@ -27,7 +27,7 @@ from typing import Any
 
 from testtime.budget import Budget
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.models.base import GenerationRequest
 from testtime.search.base import Candidate, Problem, SearchResult, SearchStrategy, fit_request
 from testtime.verifiers.answer import extract_answer
@@ -152,7 +152,7 @@ class PlanAndBudget(SearchStrategy):
         if fitted is not None:
             try:
                 plan_text = (await ctx.generate(fitted, role="plan"))[0].text
-            except BudgetExhausted:
+            except SearchStop:
                 stopped = "budget_exhausted"
         subs = parse_plan(plan_text, problem.question, max_items=self.max_subquestions)
         complexities = [c for _, c in subs]
@@ -211,7 +211,7 @@ class PlanAndBudget(SearchStrategy):
             return None, 0
         try:
             gens = await sub_ctx.generate(fitted, role="solve")
-        except BudgetExhausted:
+        except SearchStop:
             return None, int(child.usage.tokens)
         return gens[0].text.strip(), int(child.usage.tokens)
 
@@ -227,7 +227,7 @@ class PlanAndBudget(SearchStrategy):
             return None, None
         try:
             text = (await ctx.generate(fitted, role="compose"))[0].text.strip()
-        except BudgetExhausted:
+        except SearchStop:
             return None, None
         answer = extract_answer(text)
         if answer is None:

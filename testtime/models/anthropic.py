@@ -8,9 +8,17 @@
 * No logprobs: :attr:`Capabilities.logprobs` is False and a request asking
   for them raises :class:`~testtime.errors.CapabilityError`.
 
+Every attempt streams (Messages streaming): text and thinking arrive as
+deltas on their own channels, usage comes from ``message_start`` (input,
+cache reads and writes) and ``message_delta`` (output); a stream that ends
+before ``message_delta`` said why it stopped is a retryable "stream cut".
+
 Options: ``base_url`` (or ``ANTHROPIC_BASE_URL``), ``api_key`` (or
-``ANTHROPIC_API_KEY``), ``timeout`` (s, default 120), ``max_retries``
-(attempts, default 4), ``max_concurrency``, ``price``.
+``ANTHROPIC_API_KEY``), ``idle_timeout`` (s without a byte from the server
+before a request fails, default 60; ``timeout`` is an alias),
+``max_retries`` (retries after the first attempt, as in the SDK: default 2),
+``max_retry_after`` (longest Retry-After honoured, s, default 600),
+``max_concurrency``, ``price``.
 """
 
 from __future__ import annotations
@@ -19,14 +27,36 @@ import asyncio
 import functools
 import inspect
 import os
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
+from testtime.budget import Usage
 from testtime.errors import CapabilityError, MissingDependency, ModelAPIError, UserError
-from testtime.models.base import Capabilities, Generation, GenerationRequest, Model
+from testtime.models.base import (
+    Capabilities,
+    Generation,
+    GenerationRequest,
+    Model,
+    StreamDelta,
+    StreamEnd,
+    StreamItem,
+)
 from testtime.models.prices import Price
 from testtime.models.retry import RetryPolicy, translate_error, with_retries
+from testtime.models.streaming import (
+    CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    WRITE_TIMEOUT,
+    collect,
+    fan_out,
+    idle_timeout_option,
+    semaphore,
+)
 
-_KNOWN_OPTIONS = {"base_url", "api_key", "timeout", "max_retries", "max_concurrency", "price"}
+_KNOWN_OPTIONS = {"base_url", "api_key", "timeout", "idle_timeout", "max_retries", "max_retry_after",
+                  "max_concurrency", "price"}
 _FINISH = {"end_turn": "eos", "stop_sequence": "stop", "max_tokens": "length"}
 #: The API's smallest extended-thinking budget.
 MIN_THINKING_BUDGET = 1024
@@ -45,23 +75,40 @@ def _sdk_takes_sampling() -> bool:
 
 
 class AnthropicModel(Model):
-    """A Claude model over the Messages API."""
+    """A Claude model over the Messages API.
+
+    :meth:`stream` is one attempt (one request per sample: ``n > 1`` runs
+    ``n`` streams at once, merged); :meth:`generate` retries whole attempts
+    under :attr:`retry_policy` for direct callers.
+    """
 
     backend = "anthropic"
 
-    def __init__(self, name: str, *, api_key: str, base_url: str | None = None, timeout: float = 120.0,
+    def __init__(self, name: str, *, api_key: str, base_url: str | None = None,
+                 idle_timeout: float = DEFAULT_IDLE_TIMEOUT, timeout: float | None = None,
                  policy: RetryPolicy | None = None, price: Price | None = None,
                  max_concurrency: int = 16) -> None:
         super().__init__(name, price=price, max_concurrency=max_concurrency)
         self._api_key = api_key
         self.base_url = base_url
-        self.timeout = timeout
-        self.policy = policy or RetryPolicy()
+        #: Seconds without a byte from the server before a request fails (``timeout`` is an alias).
+        self.idle_timeout = float(timeout if timeout is not None else idle_timeout)
+        self.retry_policy = policy or RetryPolicy()
         self._client_obj: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:  # never show the key
         return f"<AnthropicModel {self.spec} base_url={self.base_url!r}>"
+
+    @property
+    def policy(self) -> RetryPolicy:
+        """Alias of :attr:`retry_policy` (older name)."""
+        return self.retry_policy  # type: ignore[return-value]
+
+    @property
+    def timeout(self) -> float:
+        """Alias of :attr:`idle_timeout` (older name)."""
+        return self.idle_timeout
 
     @property
     def capabilities(self) -> Capabilities:
@@ -71,10 +118,11 @@ class AnthropicModel(Model):
         # An httpx pool belongs to the event loop that opened it.
         loop = asyncio.get_running_loop()
         if self._client_obj is None or self._client_loop is not loop:
-            from anthropic import AsyncAnthropic
+            from anthropic import AsyncAnthropic, Timeout
 
+            timeout = Timeout(connect=CONNECT_TIMEOUT, read=self.idle_timeout, write=WRITE_TIMEOUT, pool=None)
             self._client_obj = AsyncAnthropic(api_key=self._api_key, base_url=self.base_url,
-                                              timeout=self.timeout, max_retries=0)
+                                              timeout=timeout, max_retries=0)
             self._client_loop = loop
         return self._client_obj
 
@@ -86,7 +134,7 @@ class AnthropicModel(Model):
             except RuntimeError:  # its loop is gone
                 pass
 
-    async def generate(self, request: GenerationRequest) -> list[Generation]:
+    def _check(self, request: GenerationRequest) -> None:
         if request.logprobs:
             raise CapabilityError(
                 f"{self.spec} cannot return token logprobs (the Messages API has none); "
@@ -95,7 +143,36 @@ class AnthropicModel(Model):
         if request.prefix and request.thinking_budget:
             raise CapabilityError(f"{self.spec}: extended thinking cannot continue an assistant prefix; "
                                   "drop thinking_budget for step-level search")
-        return await super().generate(request)
+        self._params(request)  # raises UserError for a bad thinking budget, before anything is sent
+
+    async def generate(self, request: GenerationRequest) -> list[Generation]:
+        """``request.n`` samples for direct (ledger-less) callers, each retried on its own."""
+        self._check(request)
+        one = request.with_(n=1)
+
+        async def attempt() -> list[Generation]:
+            return (await collect(self._stream_one(one), backend="anthropic")).generations
+
+        parts = await asyncio.gather(*(
+            with_retries(attempt, policy=self.policy, model=self.spec, translate=self._translate)
+            for _ in range(request.n)))
+        return [g for part in parts for g in part]
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """One attempt: ``n`` concurrent Messages streams (one for n=1), deltas then a :class:`StreamEnd`.
+
+        For ``n > 1`` the deltas carry the sample's slot as ``index`` and the
+        usage is the sum over the streams (``calls=n``); see
+        :mod:`testtime.models.streaming` for what a partly failed fan-out ends with.
+        """
+        self._check(request)
+        if request.n == 1:
+            inner = self._stream_one(request)
+        else:
+            inner = fan_out(self, [request.with_(n=1)] * request.n, self._stream_one)
+        async with aclosing(inner) as items:
+            async for item in items:
+                yield item
 
     def _params(self, request: GenerationRequest) -> tuple[dict[str, Any], str]:
         system_parts = [request.system] if request.system else []
@@ -131,32 +208,113 @@ class AnthropicModel(Model):
                 params["top_p"] = request.top_p
         return params, dropped
 
-    async def _generate_one(self, request: GenerationRequest) -> Generation:
+    async def _stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Exactly one Messages request, streamed (errors translated)."""
         params, dropped = self._params(request)
-        client = self._client()
-        resp = await with_retries(lambda: client.messages.create(**params), policy=self.policy,
-                                  model=self.spec, translate=self._translate)
-        text = "".join(getattr(b, "text", "") for b in (resp.content or ()) if getattr(b, "type", "") == "text")
-        if dropped and text.startswith(dropped):
-            text = text[len(dropped):]
-        elif dropped and text[:1].isspace():
-            text = text.lstrip()
-        u = resp.usage
-        cached = int(getattr(u, "cache_read_input_tokens", 0) or 0)
-        created = int(getattr(u, "cache_creation_input_tokens", 0) or 0)
-        # input_tokens excludes cache reads and writes; the ledger wants all prompt tokens.
-        inp = int(u.input_tokens or 0) + cached + created
-        return Generation(
-            text=text,
-            finish_reason=_FINISH.get(resp.stop_reason or "", resp.stop_reason or "eos"),
-            usage=self.usage(inp, int(u.output_tokens or 0), cached),
+        async with semaphore(self):
+            client = self._client()
+            try:
+                resp = await client.messages.create(**params, stream=True)
+                text: list[str] = []
+                thinking: list[str] = []
+                start_usage: Any = None
+                delta_usage: Any = None
+                stop_reason: str | None = None
+                try:
+                    async for ev in resp:
+                        kind = getattr(ev, "type", "")
+                        if kind == "message_start":
+                            start_usage = getattr(getattr(ev, "message", None), "usage", None)
+                        elif kind == "content_block_start":
+                            block = getattr(ev, "content_block", None)
+                            piece = getattr(block, "text", None) if getattr(block, "type", "") == "text" else None
+                            if piece:
+                                text.append(piece)
+                                yield StreamDelta(text=piece)
+                        elif kind == "content_block_delta":
+                            d = getattr(ev, "delta", None)
+                            dtype = getattr(d, "type", "")
+                            if dtype == "text_delta" and d.text:
+                                text.append(d.text)
+                                yield StreamDelta(text=d.text)
+                            elif dtype == "thinking_delta" and d.thinking:
+                                thinking.append(d.thinking)
+                                yield StreamDelta(thinking=d.thinking)
+                        elif kind == "message_delta":
+                            if getattr(ev, "usage", None) is not None:
+                                delta_usage = ev.usage
+                            reason = getattr(getattr(ev, "delta", None), "stop_reason", None)
+                            if reason:
+                                stop_reason = reason
+                finally:
+                    await resp.close()
+            except ModelAPIError:
+                raise
+            except Exception as exc:
+                mapped = self._translate(exc)
+                if mapped is None:
+                    raise
+                raise mapped from None  # drop the SDK chain: it may echo request headers
+        usage = self._usage_of(start_usage, delta_usage)
+        if stop_reason is None:
+            raise ModelAPIError(f"{self.spec}: stream cut: the stream ended before the reply finished",
+                                retryable=True, backend="anthropic")
+        out = "".join(text)
+        if dropped and out.startswith(dropped):
+            out = out[len(dropped):]
+        elif dropped and out[:1].isspace():
+            out = out.lstrip()
+        gen = Generation(
+            text=out,
+            finish_reason=_FINISH.get(stop_reason, stop_reason),
+            usage=usage if usage is not None else Usage(calls=1),
             model=self.name,
-            raw=resp,
+            thinking="".join(thinking),
         )
+        yield StreamEnd(generations=[gen], usage=usage)
+
+    def _usage_of(self, start: Any, delta: Any) -> Usage | None:
+        """The call's usage from ``message_start`` and ``message_delta`` (None if neither came).
+
+        ``message_delta`` counts are cumulative and win where present.
+        """
+        counts = [getattr(src, k, None) for src in (start, delta) if src is not None
+                  for k in ("input_tokens", "output_tokens")]
+        if all(c is None for c in counts):
+            return None
+
+        def pick(key: str) -> int:
+            for src in (delta, start):
+                v = getattr(src, key, None) if src is not None else None
+                if v is not None:
+                    return int(v)
+            return 0
+
+        cached = pick("cache_read_input_tokens")
+        created = pick("cache_creation_input_tokens")
+        # input_tokens excludes cache reads and writes; the ledger wants all prompt tokens.
+        inp = pick("input_tokens") + cached + created
+        details = None
+        for src in (delta, start):
+            details = getattr(src, "output_tokens_details", None) if src is not None else None
+            if details is not None:
+                break
+        thinking = int(getattr(details, "thinking_tokens", 0) or 0)
+        return replace(self.usage(inp, pick("output_tokens"), cached, calls=1, cache_write_tokens=created),
+                       reasoning_tokens=thinking)
+
+    def _usage_from_body(self, u: dict[str, Any]) -> Usage | None:
+        if not isinstance(u, dict) or ("input_tokens" not in u and "output_tokens" not in u):
+            return None
+        cached = int(u.get("cache_read_input_tokens") or 0)
+        created = int(u.get("cache_creation_input_tokens") or 0)
+        return self.usage(int(u.get("input_tokens") or 0) + cached + created, int(u.get("output_tokens") or 0),
+                          cached, calls=1, cache_write_tokens=created)
 
     def _translate(self, exc: BaseException) -> ModelAPIError | None:
         return translate_error(exc, backend="anthropic", model=self.name, key_env="ANTHROPIC_API_KEY",
-                               base_url=self.base_url, secrets=[self._api_key])
+                               base_url=self.base_url, secrets=[self._api_key],
+                               usage_parser=self._usage_from_body)
 
 
 def load(name: str, **options: Any) -> AnthropicModel:
@@ -177,10 +335,6 @@ def load(name: str, **options: Any) -> AnthropicModel:
     if not api_key:
         raise UserError(f"anthropic:{name} needs an API key: set ANTHROPIC_API_KEY")
     base_url = options.get("base_url") or os.environ.get("ANTHROPIC_BASE_URL") or None
-    try:
-        timeout = float(options.get("timeout", 120.0))
-    except (TypeError, ValueError):
-        raise UserError(f"timeout must be a number of seconds, got {options.get('timeout')!r}") from None
-    return AnthropicModel(name, api_key=api_key, base_url=base_url, timeout=timeout,
+    return AnthropicModel(name, api_key=api_key, base_url=base_url, idle_timeout=idle_timeout_option(options),
                           policy=RetryPolicy.from_options(options), price=options.get("price"),
                           max_concurrency=int(options.get("max_concurrency", 16)))

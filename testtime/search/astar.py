@@ -30,7 +30,7 @@ import math
 from typing import Any
 
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import BudgetExhausted, SearchStop, UserError
 from testtime.search.base import Candidate, Problem, SearchResult, SearchStrategy, SearchTree
 from testtime.search.stepwise import (
     check_aggregation,
@@ -129,7 +129,7 @@ class AStar(SearchStrategy):
                     break
                 try:
                     kids = await expand(problem, ctx, tree, node, self.expand_k, max_steps=None)
-                except BudgetExhausted:
+                except SearchStop:
                     heapq.heappush(heap, (f, node))  # still the best open state
                     raise
                 stats["expansions"] += 1
@@ -144,7 +144,7 @@ class AStar(SearchStrategy):
                     heapq.heappush(heap, (self.priority(tree, k)[0], k))
                 ctx.tracer.emit("search_round", round=stats["expansions"], alive=len(heap),
                                 best_score=heap[0][0] if heap else None)
-        except BudgetExhausted:
+        except SearchStop:
             stopped = "budget_exhausted"
         best = winner
         if best is None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from testtime.budget import DIMENSIONS, Usage
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.models.base import Generation, GenerationRequest
 from testtime.search.base import (
     Candidate,
@@ -231,7 +231,7 @@ class BeamSearch(SearchStrategy):
             replies = await asyncio.gather(*(self._expand(ctx, req) for _, req in plan))
             children: list[Beam] = []
             for parent, reply in zip(active, replies, strict=True):
-                if isinstance(reply, BudgetExhausted):
+                if isinstance(reply, SearchStop):
                     out.stopped = "budget_exhausted"
                     refused = True
                     continue
@@ -316,10 +316,10 @@ class BeamSearch(SearchStrategy):
         short = fit_request(ctx, req.with_(n=1))
         return [(beam, short)] if short is not None else []
 
-    async def _expand(self, ctx: RunContext, request: GenerationRequest) -> list[Generation] | BudgetExhausted:
+    async def _expand(self, ctx: RunContext, request: GenerationRequest) -> list[Generation] | SearchStop:
         try:
             return await ctx.generate(request)
-        except BudgetExhausted as exc:
+        except SearchStop as exc:
             return exc
 
     def _children(self, parent: Beam, gens: list[Generation], depth: int) -> list[Beam]:
@@ -342,7 +342,7 @@ class BeamSearch(SearchStrategy):
             return False
         try:
             scores = await prm.score_steps(problem, beam.steps, ctx)
-        except BudgetExhausted:
+        except SearchStop:
             return False
         beam.score = aggregate(scores, self.aggregation or prm.aggregation)
         return True
@@ -356,7 +356,7 @@ class BeamSearch(SearchStrategy):
             return None
         try:
             gens = await ctx.generate(request)
-        except BudgetExhausted:
+        except SearchStop:
             return None
         rest = split_steps(gens[0].text, ctx.step_delimiter)
         if not rest:

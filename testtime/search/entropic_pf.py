@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.search.base import Problem, SearchTree, step_request
 from testtime.search.particle_filter import ParticleFilter
 from testtime.search.particles import normalized_entropy, softmax, transform_score
@@ -281,7 +281,7 @@ class EntropicParticleFilter(ParticleFilter):
         async def one(node: int, text: str) -> None:
             try:
                 s = await score_steps(problem, ctx, [*tree.steps(node), text], stats)
-            except BudgetExhausted:
+            except SearchStop:
                 return
             probe[node] = s[-1]
             tree.set(node, lookahead_score=s[-1])

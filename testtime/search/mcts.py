@@ -39,7 +39,7 @@ import math
 from typing import Any
 
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import BudgetExhausted, SearchStop, UserError
 from testtime.search.base import (
     Candidate,
     Problem,
@@ -237,7 +237,7 @@ class MCTS(SearchStrategy):
                     tree.set(leaf, capped=True)
                 tree.select(node, reason="simulate")
                 value = await self.evaluate(problem, ctx, tree, node, state)
-            except BudgetExhausted:
+            except SearchStop:
                 stopped = "budget_exhausted"
                 break
             self.backpropagate(tree, node, value)

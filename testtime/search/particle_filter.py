@@ -20,7 +20,7 @@ import math
 from typing import Any
 
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.search.base import (
     Candidate,
     Problem,
@@ -276,7 +276,7 @@ class ParticleFilter(SearchStrategy):
         """PRM state score of a completed text (``default`` if the budget refuses)."""
         try:
             scores = await score_steps(problem, ctx, split_steps(text, ctx.step_delimiter), stats)
-        except BudgetExhausted:
+        except SearchStop:
             return default
         return state_score(scores, self.aggregation) if scores else default
 

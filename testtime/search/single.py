@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted
+from testtime.errors import SearchStop
 from testtime.search.base import (
     Problem,
     SearchResult,
@@ -26,7 +26,7 @@ class Single(SearchStrategy):
             return SearchResult(answer=None, text="", stopped_reason="budget_exhausted")
         try:
             gens = await ctx.generate(request)
-        except BudgetExhausted:
+        except SearchStop:
             return SearchResult(answer=None, text="", stopped_reason="budget_exhausted")
         cand = candidate_from(gens[0])
         # A sample cut short to fit the budget means the budget decided.
@@ -35,7 +35,7 @@ class Single(SearchStrategy):
             try:
                 verdict = await ctx.verifier.verify(problem, cand.text, ctx)
                 cand.score = verdict.score
-            except BudgetExhausted:
+            except SearchStop:
                 stopped = "budget_exhausted"
         return SearchResult(answer=cand.answer, text=cand.text, score=cand.score,
                             candidates=[cand], stopped_reason=stopped)

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.models.base import GenerationRequest
 from testtime.search.base import (
     DEFAULT_SYSTEM,
@@ -116,7 +116,7 @@ class SolveDetectVerify(SearchStrategy):
                 return text, False, True
             try:
                 gens = await ctx.generate(request, role="solve")
-            except BudgetExhausted:
+            except SearchStop:
                 return text, False, True
             gen = gens[0]
             stats["chunks"] += 1
@@ -157,7 +157,7 @@ class SolveDetectVerify(SearchStrategy):
                 continue
             try:
                 verdict = await ctx.verifier.verify(problem, text, ctx)
-            except BudgetExhausted:
+            except SearchStop:
                 stopped = "budget_exhausted"
                 break
             stats["verifications"] += 1

@@ -14,7 +14,7 @@ from typing import Any
 
 from testtime.budget import Usage
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.models.base import Generation, GenerationRequest
 from testtime.search.base import (
     Candidate,
@@ -82,7 +82,7 @@ async def run_waves(ctx: RunContext, requests: Sequence[GenerationRequest], *,
         async def one(i: int) -> tuple[int, list[Generation] | None]:
             try:
                 return i, await ctx.generate(requests[i], role=role)
-            except BudgetExhausted:
+            except SearchStop:
                 return i, None
 
         for i, gens in await asyncio.gather(*(one(i) for i in wave)):
@@ -142,7 +142,7 @@ async def score_nodes(problem: Problem, ctx: RunContext, tree: SearchTree, nodes
     async def one(n: int) -> bool:
         try:
             scores = await ctx.prm.score_steps(problem, tree.steps(n), ctx)  # type: ignore[union-attr]
-        except BudgetExhausted:
+        except SearchStop:
             return False
         stats["prm_calls"] = stats.get("prm_calls", 0) + 1
         tree.set(n, step_scores=[float(s) for s in scores], score=state_score(scores, how))
@@ -200,7 +200,7 @@ async def complete(problem: Problem, ctx: RunContext, tree: SearchTree, node: in
         return None
     try:
         gens = await ctx.generate(request, role=role)
-    except BudgetExhausted:
+    except SearchStop:
         return None
     text = request.prefix + gens[0].text
     return Candidate(text=text, answer=extract_answer(text), tokens=path_tokens(tree, node)

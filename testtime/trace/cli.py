@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from testtime.errors import UserError
@@ -28,5 +29,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     if args.max_nodes < 0:
         raise UserError(f"--max-nodes must be >= 0, got {args.max_nodes}")
-    show(args.file, max_nodes=args.max_nodes)
+    skipped = show(args.file, max_nodes=args.max_nodes)
+    if skipped:
+        lineno, why = skipped[0]
+        print(f"testtime: warning: skipped {len(skipped)} unreadable line(s) of {args.file} "
+              f"(first: line {lineno}: {why})", file=sys.stderr)
     return 0

@@ -46,6 +46,9 @@ EVENT_KINDS: dict[str, str] = {
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|authorization|secret|password|token_value|x-api-key)", re.I)
 _SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
+#: The user-info part of a URL (``scheme://user:password@host``): everything
+#: between ``://`` and the last ``@`` before the path, query or fragment.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s?#]*@")
 
 
 _PLAIN = frozenset({int, float, bool, type(None)})
@@ -66,7 +69,9 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, str):
         # Cheap substring tests first: most strings hold no secret at all.
         if "sk-" in value or "Bearer" in value:
-            return _SECRET_VALUE.sub("[redacted]", value)
+            value = _SECRET_VALUE.sub("[redacted]", value)
+        if "@" in value and "://" in value:
+            value = redact_url(value)
         return value
     if kind in _PLAIN:
         return value
@@ -76,6 +81,12 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the credentials of every URL in it replaced:
+    ``http://user:pw@host/v1`` -> ``http://[redacted]@host/v1``."""
+    return _URL_USERINFO.sub(r"\1[redacted]@", text)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

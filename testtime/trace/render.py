@@ -454,7 +454,68 @@ def render(events: list[dict[str, Any]], *, max_nodes: int = 40) -> Group:
                  Text.assemble(("global budget: ", "bold"), limits))
 
 
-def show(path: str, *, console: Console | None = None, max_nodes: int = 40) -> None:
-    from testtime.trace.jsonl import read_events
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
-    (console or Console()).print(render(read_events(path), max_nodes=max_nodes))
+
+def check_event(e: dict[str, Any]) -> str | None:
+    """None if the renderer can draw ``e``, else which field has the wrong type.
+
+    ``trace show`` skips such events (a hand-edited or foreign trace) instead
+    of failing on them.
+    """
+    kind = e.get("kind")
+    if kind in ("node_added", "node_pruned", "node_selected"):
+        node = e.get("node")
+        if isinstance(node, bool) or not isinstance(node, int):
+            return "'node' is not an integer"
+        parent = e.get("parent")
+        if parent is not None and (isinstance(parent, bool) or not isinstance(parent, int)):
+            return "'parent' is not an integer"
+    if "role" in e and not isinstance(e["role"], str):
+        return "'role' is not a string"
+    usage = e.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            return "'usage' is not an object"
+        if any(k in usage and not _number(usage[k]) for k in ("calls", "input_tokens", "output_tokens", "usd")):
+            return "'usage' has a non-numeric count"
+    for key in ("params", "budget"):
+        value = e.get(key)
+        if value is not None and not isinstance(value, dict):
+            return f"'{key}' is not an object"
+    budget = e.get("budget")
+    if isinstance(budget, dict) and not all(_number(v) for v in budget.values()):
+        return "'budget' has a non-numeric limit"
+    return None
+
+
+def show(path: str, *, console: Console | None = None, max_nodes: int = 40) -> list[tuple[int, str]]:
+    """Print the trace at ``path``; returns the skipped lines ``(line, why)``.
+
+    Unreadable lines are skipped; a trace without a single readable event
+    is a :class:`~testtime.errors.UserError` naming the first bad line.
+    """
+    from testtime.errors import UserError
+    from testtime.trace.jsonl import load_events
+
+    probe = TraceTree()
+
+    def usable(e: dict[str, Any]) -> str | None:
+        why = check_event(e)
+        if why is None:
+            try:  # belt and braces: an event the tree still cannot take is skipped too
+                probe.add(e)
+            except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError):
+                why = f"a {e.get('kind')!r} event with fields of the wrong type"
+        return why
+
+    events, skipped = load_events(path, check=usable)
+    if not events:
+        if skipped:
+            lineno, why = skipped[0]
+            raise UserError(f"{path}: no readable trace events, {len(skipped)} line(s) skipped "
+                            f"(first: {path}:{lineno}: {why})")
+        raise UserError(f"{path}: empty trace, no events")
+    (console or Console()).print(render(events, max_nodes=max_nodes))
+    return skipped

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.models.base import Model
 from testtime.verifiers.base import Verdict, Verifier
 from testtime.verifiers.generative import TEMPLATE, GenRM, Judgement, summarize
@@ -99,7 +99,7 @@ class FlexiVe(Verifier):
             try:
                 slow = await self._genrm.sample(problem, candidate, ctx, n=self.slow_m,
                                                 max_tokens=self.slow_max_tokens, template=SLOW_TEMPLATE)
-            except BudgetExhausted:
+            except SearchStop:
                 if not readable:
                     raise
                 ctx.tracer.emit("note", message="flexive: slow pass refused by the budget; using fast verdicts")

@@ -27,7 +27,7 @@ from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.verifiers.base import AGGREGATIONS, ProcessRewardModel, Verdict, Verifier
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class PythonVerifier(Verifier):
     async def verify(self, problem: Problem, candidate: str, ctx: RunContext) -> Verdict:
         try:
             out = await _call(self.fn, self._wants_ctx, problem, candidate, ctx)
-        except (UserError, BudgetExhausted):
+        except (UserError, SearchStop):
             raise
         except Exception as exc:
             err = f"{type(exc).__name__}: {exc}"
