@@ -390,8 +390,12 @@ def final_stopped_reason(reason: str, ledger: BudgetLedger, stats: dict[str, Any
     """
     if ledger.root().overdrawn:
         return "budget_overdrawn"
-    if stats.get("errors") and reason in ("budget_exhausted", "error") and not stats.get("refusals"):
-        return "errors"
+    if stats.get("errors") and reason in ("budget_exhausted", "error"):
+        # Calls failed; say "errors" unless the budget really ran out too
+        # (a refusal, or samplers that stopped because nothing more fit).
+        ran_out = stats.get("refusals") or ledger.root().fraction_used() >= 0.9
+        if not ran_out:
+            return "errors"
     return reason
 
 

@@ -97,8 +97,11 @@ class AnthropicModel(Model):
         self._client_obj: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
-    def __repr__(self) -> str:  # never show the key
-        return f"<AnthropicModel {self.spec} base_url={self.base_url!r}>"
+    def __repr__(self) -> str:  # never show the key, nor a password in the URL
+        from testtime.trace.events import redact_url
+
+        shown = redact_url(self.base_url) if self.base_url else self.base_url
+        return f"<AnthropicModel {self.spec} base_url={shown!r}>"
 
     @property
     def policy(self) -> RetryPolicy:

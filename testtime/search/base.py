@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import networkx as nx
 
+from testtime.budget import Usage
 from testtime.context import RunContext
 from testtime.models.base import Generation, GenerationRequest
 from testtime.verifiers.answer import extract_answer, has_final_answer, normalize_answer
@@ -241,52 +242,181 @@ def answer_counts(candidates: Sequence[Candidate]) -> Counter[str]:
     return Counter(k for c in candidates if (k := normalize_answer(c.answer)) is not None)
 
 
-def affordable_n(ctx: RunContext, request: GenerationRequest, *, cap: int = 64) -> int:
+#: Samples a budget-derived n draws when the budget limits nothing a sample
+#: spends (no token, USD or call limit -- say, only a time limit).
+UNBOUNDED_N = 32
+#: A ceiling on any budget-derived n: a runaway guard, far above what the
+#: bench budgets afford (a user-given n or max_n is not limited by it).
+MAX_DERIVED_N = 4096
+#: The shortest output the last, shortened samples are given when a
+#: full-length one no longer fits (budget forcing); below it a sample could
+#: hardly state an answer.
+MIN_SAMPLE_TOKENS = 32
+
+_SPEND_DIMS = ("tokens", "input_tokens", "output_tokens", "calls", "usd")
+
+
+def affordable_n(ctx: RunContext, request: GenerationRequest, *, cap: int = 64,
+                 plus: Usage | None = None) -> int:
     """The largest n (<= cap) whose worst case fits in the remaining budget.
 
     Strategies use it to derive sample counts from the budget instead of a
-    fixed default. Returns 0 when not even one sample fits.
+    fixed default. ``plus`` is held on top (calls planned but not yet
+    reserved). Returns 0 when not even one sample fits.
     """
     model = ctx.model
-    lo, hi = 0, cap
+    held = plus if plus is not None else Usage()
+    # Integers only: a float cap (n=2.5) would make the bisection below stall.
+    lo, hi = 0, max(int(cap), 0)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if ctx.ledger.can_afford(model.worst_case(request.with_(n=mid))):
+        if ctx.ledger.can_afford(held + model.worst_case(request.with_(n=mid))):
             lo = mid
         else:
             hi = mid - 1
     return lo
 
 
+def derived_n_cap(ctx: RunContext, request: GenerationRequest, max_n: int | None = None) -> int:
+    """How many samples a budget-derived n may draw at most.
+
+    ``max_n`` when given (a cap the user chose); else :data:`MAX_DERIVED_N`
+    when the budget limits something a sample spends -- the budget, not a
+    count, then ends sampling -- and :data:`UNBOUNDED_N` when it does not.
+    """
+    if max_n is not None:
+        return max(int(max_n), 0)
+    worst = ctx.model.worst_case(request.with_(n=1))
+    for dim in _SPEND_DIMS:
+        if worst.amount(dim) > 0 and ctx.ledger.remaining(dim) != float("inf"):
+            return MAX_DERIVED_N
+    return UNBOUNDED_N
+
+
+def plan_batches(ctx: RunContext, request: GenerationRequest, want: int, *, batch: int = 8) -> list[int]:
+    """Sizes of the calls (``n`` each, at most ``batch``) the budget pays for now.
+
+    Up to ``want`` samples in all; each call's worst case (its own prompt
+    included) is counted on top of the calls planned before it, so all of
+    them fit together.
+    """
+    sizes: list[int] = []
+    held = Usage()
+    batch = max(int(batch), 1)
+    want = max(int(want), 0)
+    while want > 0:
+        cap = min(batch, want)
+        k = affordable_n(ctx, request, cap=cap, plus=held)
+        if k == 0:
+            break
+        sizes.append(k)
+        held = held + ctx.model.worst_case(request.with_(n=k))
+        want -= k
+        if k < cap:  # a further call costs at least what one more sample here would
+            break
+    return sizes
+
+
+def sample_candidate(gen: Generation) -> Candidate:
+    """A full-solution sample as a candidate.
+
+    A sample cut at its length limit before stating a final answer gets
+    ``answer=None`` (``data["truncated"]``): the last number in it is a
+    running total, not its answer, and must not vote.
+    """
+    cand = candidate_from(gen)
+    if gen.finish_reason == "length" and not has_final_answer(cand.text):
+        cand.answer = None
+        cand.data["truncated"] = True
+    return cand
+
+
+async def draw_solutions(problem: Problem, ctx: RunContext, *, n: int | None = None,
+                         max_n: int | None = None, batch: int = 8, logprobs: bool = False,
+                         role: str = "solve", min_tokens: int = MIN_SAMPLE_TOKENS,
+                         ) -> tuple[list[Candidate], str]:
+    """Draw ``n`` full solutions, or as many as the budget pays for (``n=None``), anytime.
+
+    Calls (of up to ``batch`` samples each) are sent concurrently, as many as
+    the remaining budget covers at their worst case; whenever one settles,
+    the slack it returns pays for more. When not even one full-length sample
+    fits and nothing is in flight, the last samples are shortened
+    (:func:`fit_request`, down to ``min_tokens`` of output) until not even
+    that fits. ``n`` (a user's choice) and ``max_n`` cap the number of
+    samples requested; with neither, :func:`derived_n_cap` does.
+
+    Returns the candidates in the order their calls were sent and
+    ``"done"`` (the count was reached) or ``"budget_exhausted"`` (the budget
+    ended sampling, or a call was refused or failed; the others still count).
+    """
+    import asyncio
+    import itertools
+
+    from testtime.errors import SearchStop
+
+    template = solution_request(problem, ctx, n=1, logprobs=logprobs)
+    target = max(int(n), 0) if n is not None else derived_n_cap(ctx, template, max_n)
+    min_tokens = max(int(min_tokens), 1)
+    order = itertools.count()
+    results: dict[int, list[Candidate]] = {}
+    pending: dict[asyncio.Future[Any], int] = {}
+    launched = 0
+    stopped = "done"
+    halt = False  # a refusal or a failed call: send nothing more
+
+    async def one(request: GenerationRequest) -> list[Candidate] | SearchStop:
+        try:
+            gens = await ctx.generate(request, role=role)
+        except SearchStop as exc:
+            return exc
+        return [sample_candidate(g) for g in gens]
+
+    def launch(request: GenerationRequest) -> None:
+        nonlocal launched
+        pending[asyncio.ensure_future(one(request))] = next(order)
+        launched += request.n
+
+    try:
+        while True:
+            if not halt and launched < target:
+                sizes = plan_batches(ctx, template, target - launched, batch=batch)
+                for size in sizes:
+                    launch(solution_request(problem, ctx, n=size, logprobs=logprobs))
+                if not sizes and not pending:
+                    # Nothing in flight will return slack: shorten the next sample.
+                    short = fit_request(ctx, template, min_tokens=min_tokens)
+                    if short is None:
+                        stopped = "budget_exhausted"
+                        break
+                    launch(solution_request(problem, ctx, n=1, max_tokens=short.max_tokens,
+                                            logprobs=logprobs))
+            if not pending:
+                break
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                idx = pending.pop(task)
+                r = task.result()
+                if isinstance(r, SearchStop):
+                    stopped = "budget_exhausted"
+                    halt = True
+                else:
+                    results[idx] = r
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+    return [c for i in sorted(results) for c in results[i]], stopped
+
+
 async def sample_solutions(problem: Problem, ctx: RunContext, n: int, *, batch: int = 8,
                            logprobs: bool = False, role: str = "solve") -> tuple[list[Candidate], str]:
-    """Draw up to ``n`` full solutions in concurrent batches, anytime.
+    """Draw up to ``n`` full solutions in concurrent batches, anytime (see :func:`draw_solutions`).
 
     Returns the candidates obtained and ``"done"`` or ``"budget_exhausted"``
     (some batch was refused; the others still count).
     """
-    import asyncio
-
-    from testtime.errors import BudgetExhausted
-
-    sizes = [min(batch, n - i) for i in range(0, n, batch)]
-
-    async def one(size: int) -> list[Candidate] | BudgetExhausted:
-        try:
-            gens = await ctx.generate(solution_request(problem, ctx, n=size, logprobs=logprobs), role=role)
-        except BudgetExhausted as exc:
-            return exc
-        return [candidate_from(g) for g in gens]
-
-    results = await asyncio.gather(*(one(s) for s in sizes))
-    cands: list[Candidate] = []
-    stopped = "done"
-    for r in results:
-        if isinstance(r, BudgetExhausted):
-            stopped = "budget_exhausted"
-        else:
-            cands.extend(r)
-    return cands, stopped
+    return await draw_solutions(problem, ctx, n=n, batch=batch, logprobs=logprobs, role=role)
 
 
 def fit_request(ctx: RunContext, request: GenerationRequest, *, min_tokens: int = 16) -> GenerationRequest | None:
@@ -299,7 +429,7 @@ def fit_request(ctx: RunContext, request: GenerationRequest, *, min_tokens: int 
     model = ctx.model
     if ctx.ledger.can_afford(model.worst_case(request)):
         return request
-    lo, hi = 0, request.max_tokens - 1
+    lo, hi = 0, max(int(request.max_tokens), 1) - 1
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if ctx.ledger.can_afford(model.worst_case(request.with_(max_tokens=mid))):

@@ -10,30 +10,31 @@ Budget: scoring costs budget too, so a budget-derived N must leave room for
 it. Sampling runs in rounds: each round samples inside a child ledger holding
 ``1 / (1 + r)`` of what remains, where ``r`` is the scoring/sampling cost
 ratio (a guess in round one, measured afterwards), then scores what it drew
-with the rest. Rounds continue while another sample is affordable, so the
-budget is used rather than left idle. Given ``n`` explicitly, exactly ``n``
-samples are requested (fewer if the budget refuses).
+with the rest. Rounds continue while another (possibly shortened) sample
+fits, so the budget is used rather than left idle; there is no sample cap
+unless ``max_n`` sets one. Given ``n`` explicitly, exactly ``n`` samples are
+requested (fewer if the budget refuses): the user's cap.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from testtime.budget import BudgetLedger, Usage
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.search.base import (
+    MIN_SAMPLE_TOKENS,
     Candidate,
     Problem,
     SearchResult,
     SearchStrategy,
     SearchTree,
-    affordable_n,
     answer_counts,
-    candidate_from,
-    fit_request,
+    derived_n_cap,
+    draw_solutions,
     normalize_answer,
-    sample_solutions,
     solution_request,
     split_steps,
     vote,
@@ -41,38 +42,80 @@ from testtime.search.base import (
 from testtime.verifiers.base import aggregate
 
 
-async def draw_samples(problem: Problem, ctx: RunContext, *, n: int | None, max_n: int,
-                       batch: int) -> tuple[list[Candidate], str]:
+async def draw_samples(problem: Problem, ctx: RunContext, *, n: int | None, max_n: int | None,
+                       batch: int, min_tokens: int = MIN_SAMPLE_TOKENS) -> tuple[list[Candidate], str]:
     """Draw ``n`` full solutions, or as many as ``ctx.ledger`` affords (n=None).
 
-    With a derived n, drawing continues while worst-case reservations settle
-    to cheaper actual usage and more samples fit. If not one full-length
-    sample fits, one shortened sample is drawn (budget forcing).
+    With a derived n, drawing goes on while the worst-case reservations of
+    calls in flight settle to cheaper actual usage and more samples fit; the
+    last samples are shortened to what the budget still pays for (budget
+    forcing). See :func:`~testtime.search.base.draw_solutions`.
     """
-    if n is not None:
-        return await sample_solutions(problem, ctx, n, batch=batch)
+    return await draw_solutions(problem, ctx, n=n, max_n=max_n, batch=batch, min_tokens=min_tokens)
+
+
+def cost_ratio(ledger: BudgetLedger, sampled: Usage, before: Usage, after: Usage) -> float | None:
+    """Scoring cost (``after - before``) over sampling cost, on the budget's limited dimensions.
+
+    The largest ratio over the dimensions the ledger limits (the one that
+    binds first); None when sampling cost nothing on any of them.
+    """
+    best: float | None = None
+    for dim in ("tokens", "input_tokens", "output_tokens", "calls", "usd"):
+        if ledger.remaining(dim) == float("inf"):
+            continue
+        cost = sampled.amount(dim)
+        if cost > 0:
+            r = max(after.amount(dim) - before.amount(dim), 0.0) / cost
+            best = r if best is None else max(best, r)
+    return best
+
+
+def unscored_answers(cands: Sequence[Candidate]) -> list[Candidate]:
+    """Candidates worth scoring: not scored yet, with an answer (a sample cut short has none)."""
+    return [c for c in cands if c.score is None and c.answer is not None]
+
+
+async def sample_and_score(problem: Problem, ctx: RunContext, *, max_n: int | None, batch: int,
+                           ratio: float, max_rounds: int | None, aggregation: str | None = None,
+                           select: Callable[[list[Candidate]], list[Candidate]] = unscored_answers,
+                           name: str = "samples", min_tokens: int = MIN_SAMPLE_TOKENS,
+                           ) -> tuple[list[Candidate], str, int]:
+    """Sample-then-score rounds that spend the budget on both.
+
+    Each round samples inside a child ledger holding ``1 / (1 + ratio)`` of
+    what remains (``ratio``: scoring cost / sampling cost, a guess in round
+    one, measured afterwards), then scores ``select(all candidates)`` with
+    the rest. Rounds go on while another (possibly shortened) sample fits in
+    the next round's share, up to ``max_n`` samples (None: as many as the
+    budget pays for) and ``max_rounds`` rounds (None: no limit).
+
+    Returns the candidates, ``"done"`` or ``"budget_exhausted"``, and the
+    number of rounds that drew samples.
+    """
+    cap = derived_n_cap(ctx, solution_request(problem, ctx, n=1), max_n)
     cands: list[Candidate] = []
     stopped = "done"
-    while len(cands) < max_n:
-        k = affordable_n(ctx, solution_request(problem, ctx, n=1), cap=max_n - len(cands))
-        if k == 0:
+    rounds = 0
+    while len(cands) < cap and (max_rounds is None or rounds < max_rounds):
+        sub = ctx.derive(ledger=ctx.ledger.share(1.0 / (1.0 + ratio), name=name))
+        new, stopped = await draw_samples(problem, sub, n=None, max_n=cap - len(cands), batch=batch,
+                                          min_tokens=min_tokens)
+        if not new:
             stopped = "budget_exhausted"
             break
-        extra, st = await sample_solutions(problem, ctx, k, batch=batch)
-        cands.extend(extra)
-        if not extra:
-            stopped = st
+        rounds += 1
+        sampled = sub.ledger.usage
+        before = ctx.ledger.usage
+        cands.extend(new)
+        todo = select(cands)
+        if not await score_candidates(problem, ctx, todo, aggregation=aggregation):
+            stopped = "budget_exhausted"
             break
-    if not cands:
-        request = fit_request(ctx, solution_request(problem, ctx, n=1))
-        if request is not None:
-            try:
-                gens = await ctx.generate(request)
-                cands.append(candidate_from(gens[0]))
-            except BudgetExhausted:
-                pass
-        stopped = "budget_exhausted"
-    return cands, stopped
+        measured = cost_ratio(ctx.ledger, sampled, before, ctx.ledger.usage) if todo else None
+        if measured is not None:
+            ratio = measured
+    return cands, stopped, rounds
 
 
 async def score_candidates(problem: Problem, ctx: RunContext, cands: Sequence[Candidate], *,
@@ -97,7 +140,7 @@ async def score_candidates(problem: Problem, ctx: RunContext, cands: Sequence[Ca
                 else:
                     c.score = aggregate(await ctx.prm.score_steps(problem, steps, ctx), aggregation)
             return True
-        except BudgetExhausted:
+        except SearchStop:
             return False
 
     done = await asyncio.gather(*(one(c) for c in todo))
@@ -128,29 +171,35 @@ class BestOfN(SearchStrategy):
 
     Args:
         n: samples; None derives N from the budget (see the module docstring).
-        max_n: cap on the derived N.
+        max_n: cap on the derived N (None: as many as the budget pays for).
         batch: samples per model call.
         aggregation: PRM aggregation override (min/last/product/mean).
         score_ratio: initial guess of scoring cost / sampling cost per sample.
-        max_rounds: cap on sample-then-score rounds.
+        max_rounds: cap on sample-then-score rounds (None: until the budget is spent).
+        min_tokens: the shortest output a last, shortened sample is given
+            (raise it to spend less on samples cut short before an answer).
     """
 
     name = "best_of_n"
 
-    def __init__(self, n: int | None = None, *, max_n: int = 64, batch: int = 8,
-                 aggregation: str | None = None, score_ratio: float = 0.5, max_rounds: int = 4) -> None:
+    def __init__(self, n: int | None = None, *, max_n: int | None = None, batch: int = 8,
+                 aggregation: str | None = None, score_ratio: float = 0.5,
+                 max_rounds: int | None = None, min_tokens: int = MIN_SAMPLE_TOKENS) -> None:
         if n is not None and n < 1:
             raise UserError(f"best_of_n needs n >= 1, got {n}")
-        if max_n < 1 or batch < 1 or max_rounds < 1:
+        if (max_n is not None and max_n < 1) or batch < 1 or (max_rounds is not None and max_rounds < 1):
             raise UserError("best_of_n needs max_n, batch and max_rounds >= 1")
         if score_ratio < 0:
             raise UserError(f"best_of_n score_ratio must be >= 0, got {score_ratio}")
+        if min_tokens < 1:
+            raise UserError(f"best_of_n min_tokens must be >= 1, got {min_tokens}")
         self.n = n
         self.max_n = max_n
         self.batch = batch
         self.aggregation = aggregation
         self.score_ratio = score_ratio
         self.max_rounds = max_rounds
+        self.min_tokens = min_tokens
 
     async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
         selection = scorer_name(ctx)
@@ -158,10 +207,20 @@ class BestOfN(SearchStrategy):
                         params={"n": self.n, "max_n": self.max_n, "selection": selection})
         tree = SearchTree(ctx)
         if selection == "majority":
-            cands, stopped = await draw_samples(problem, ctx, n=self.n, max_n=self.max_n, batch=self.batch)
+            cands, stopped = await draw_samples(problem, ctx, n=self.n, max_n=self.max_n, batch=self.batch,
+                                                min_tokens=self.min_tokens)
+            rounds = 1
+        elif self.n is not None:
+            cands, stopped = await draw_samples(problem, ctx, n=self.n, max_n=self.n, batch=self.batch,
+                                                min_tokens=self.min_tokens)
+            if not await score_candidates(problem, ctx, unscored_answers(cands), aggregation=self.aggregation):
+                stopped = "budget_exhausted"
             rounds = 1
         else:
-            cands, stopped, rounds = await self._sample_and_score(problem, ctx)
+            cands, stopped, rounds = await sample_and_score(
+                problem, ctx, max_n=self.max_n, batch=self.batch, ratio=self.score_ratio,
+                max_rounds=self.max_rounds, aggregation=self.aggregation, name="best_of_n.samples",
+                min_tokens=self.min_tokens)
         record_candidates(tree, cands)
         result = self._pick(cands, selection, stopped)
         result.tree = tree.graph
@@ -170,37 +229,6 @@ class BestOfN(SearchStrategy):
         ctx.tracer.emit("strategy_end", strategy=self.name, answer=result.answer,
                         stopped_reason=result.stopped_reason)
         return result
-
-    async def _sample_and_score(self, problem: Problem, ctx: RunContext) -> tuple[list[Candidate], str, int]:
-        if self.n is not None:
-            cands, stopped = await draw_samples(problem, ctx, n=self.n, max_n=self.n, batch=self.batch)
-            if not await score_candidates(problem, ctx, cands, aggregation=self.aggregation):
-                stopped = "budget_exhausted"
-            return cands, stopped, 1
-        cands: list[Candidate] = []
-        stopped = "done"
-        ratio = self.score_ratio
-        rounds = 0
-        while rounds < self.max_rounds and len(cands) < self.max_n:
-            rounds += 1
-            sub = ctx.derive(ledger=ctx.ledger.share(1.0 / (1.0 + ratio), name="best_of_n.samples"))
-            new, stopped = await draw_samples(problem, sub, n=None, max_n=self.max_n - len(cands),
-                                              batch=self.batch)
-            if not new:
-                break
-            sample_tokens = sub.ledger.usage.tokens
-            before = ctx.ledger.usage.tokens
-            scored_all = await score_candidates(problem, ctx, new, aggregation=self.aggregation)
-            cands.extend(new)
-            if not scored_all:
-                stopped = "budget_exhausted"
-                break
-            if sample_tokens > 0:
-                ratio = max((ctx.ledger.usage.tokens - before) / sample_tokens, 0.0)
-            if affordable_n(ctx, solution_request(problem, ctx, n=1), cap=1) == 0:
-                stopped = "budget_exhausted"
-                break
-        return cands, stopped, rounds
 
     def _pick(self, cands: list[Candidate], selection: str, stopped: str) -> SearchResult:
         if not cands:

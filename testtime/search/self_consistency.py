@@ -1,29 +1,29 @@
 """Self-consistency: sample N solutions, majority-vote their final answers.
 
-N defaults to as many samples as the budget affords (capped at ``max_n``).
-The weighted variant sums verifier (or aggregated PRM) scores per answer
-instead of counting votes.
+N defaults to as many samples as the budget pays for: calls are drawn
+concurrently while their worst case fits, more as settled calls return
+slack, and the last samples are shortened to what is left (see
+:func:`~testtime.search.base.draw_solutions`); ``max_n`` caps it, and a
+given ``n`` is the user's cap. The weighted variant sums verifier (or
+aggregated PRM) scores per answer instead of counting votes; with a derived
+N it samples and scores in rounds so the budget pays for both
+(:func:`~testtime.search.best_of_n.sample_and_score`).
 """
 
 from __future__ import annotations
 
-import asyncio
-
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import UserError
 from testtime.search.base import (
-    Candidate,
+    MIN_SAMPLE_TOKENS,
     Problem,
     SearchResult,
     SearchStrategy,
-    affordable_n,
+    draw_solutions,
     normalize_answer,
-    sample_solutions,
-    solution_request,
-    split_steps,
     vote,
 )
-from testtime.search.single import Single
+from testtime.search.best_of_n import sample_and_score, score_candidates, unscored_answers
 
 
 class SelfConsistency(SearchStrategy):
@@ -31,45 +31,50 @@ class SelfConsistency(SearchStrategy):
 
     Args:
         n: number of samples; None derives it from the budget.
-        max_n: cap on the derived n.
+        max_n: cap on the derived n (None: as many as the budget pays for).
         batch: samples per model call.
+        score_ratio: (weighted variant) initial guess of scoring cost /
+            sampling cost, measured after the first round.
+        min_tokens: the shortest output a last, shortened sample is given
+            (raise it to spend less on samples cut short before an answer).
     """
 
     name = "self_consistency"
     weighted = False
 
-    def __init__(self, n: int | None = None, *, max_n: int = 32, batch: int = 8) -> None:
+    def __init__(self, n: int | None = None, *, max_n: int | None = None, batch: int = 8,
+                 score_ratio: float = 0.5, min_tokens: int = MIN_SAMPLE_TOKENS) -> None:
         if n is not None and n < 1:
-            raise UserError(f"self_consistency needs n >= 1, got {n}")
+            raise UserError(f"{self.name} needs n >= 1, got {n}")
+        if (max_n is not None and max_n < 1) or batch < 1:
+            raise UserError(f"{self.name} needs max_n and batch >= 1")
+        if score_ratio < 0:
+            raise UserError(f"{self.name} score_ratio must be >= 0, got {score_ratio}")
+        if min_tokens < 1:
+            raise UserError(f"{self.name} min_tokens must be >= 1, got {min_tokens}")
         self.n = n
         self.max_n = max_n
         self.batch = batch
+        self.score_ratio = score_ratio
+        self.min_tokens = min_tokens
 
     async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
-        target = self.n if self.n is not None else self.max_n
+        if self.weighted and ctx.verifier is None and ctx.prm is None:
+            raise UserError("weighted self-consistency needs --verifier or --prm to weight votes")
         ctx.tracer.emit("strategy_start", strategy=self.name, params={"n": self.n, "max_n": self.max_n})
-        cands: list[Candidate] = []
-        stopped = "done"
-        # Worst-case reservations are loose; once a round settles, the budget
-        # may afford more samples. Draw rounds until the target is reached or
-        # not even one more sample fits.
-        while len(cands) < target:
-            k = affordable_n(ctx, solution_request(problem, ctx, n=1), cap=target - len(cands))
-            if k == 0:
-                stopped = "budget_exhausted"
-                break
-            extra, stopped = await sample_solutions(problem, ctx, k, batch=self.batch)
-            cands.extend(extra)
-            if stopped != "done" or not extra:
-                break
-        if not cands:
-            # Not even one full-length sample fits: one shortened sample.
-            single = await Single().search(problem, ctx)
-            single.stats["n_requested"] = target
-            return single
-        n = len(cands)
-        if self.weighted and cands:
-            stopped = await _score(problem, ctx, cands) or stopped
+        if not self.weighted:
+            cands, stopped = await draw_solutions(problem, ctx, n=self.n, max_n=self.max_n, batch=self.batch,
+                                                  min_tokens=self.min_tokens)
+        else:
+            if self.n is not None:
+                cands, stopped = await draw_solutions(problem, ctx, n=self.n, batch=self.batch,
+                                                      min_tokens=self.min_tokens)
+                if not await score_candidates(problem, ctx, unscored_answers(cands)):
+                    stopped = "budget_exhausted"
+            else:
+                cands, stopped, _ = await sample_and_score(
+                    problem, ctx, max_n=self.max_n, batch=self.batch, ratio=self.score_ratio,
+                    max_rounds=None, name="wsc.samples", min_tokens=self.min_tokens)
         winner, tally = vote(cands, weighted=self.weighted)
         best = next((c for c in cands if normalize_answer(c.answer) == winner), None)
         for c in cands:
@@ -82,7 +87,8 @@ class SelfConsistency(SearchStrategy):
             score=(tally.get(winner, 0.0) / max(sum(tally.values()), 1e-9)) if winner else None,
             candidates=cands,
             stopped_reason=stopped,
-            stats={"n_requested": n, "n_sampled": len(cands), "tally": tally},
+            stats={"n_requested": self.n, "n_sampled": len(cands), "tally": tally,
+                   "n_scored": sum(c.score is not None for c in cands)},
         )
         ctx.tracer.emit("strategy_end", strategy=self.name, answer=result.answer, stopped_reason=stopped)
         return result
@@ -94,22 +100,3 @@ class WeightedSelfConsistency(SelfConsistency):
     name = "weighted_self_consistency"
     weighted = True
 
-
-async def _score(problem: Problem, ctx: RunContext, cands: list[Candidate]) -> str | None:
-    """Score candidates with the verifier, else the PRM; None if all were scored."""
-    if ctx.verifier is None and ctx.prm is None:
-        raise UserError("weighted self-consistency needs --verifier or --prm to weight votes")
-
-    async def one(c: Candidate) -> bool:
-        try:
-            if ctx.verifier is not None:
-                c.score = (await ctx.verifier.verify(problem, c.text, ctx)).score
-            elif ctx.prm is not None:
-                c.score = await ctx.prm.score(problem, split_steps(c.text, ctx.step_delimiter), ctx)
-            return True
-        except BudgetExhausted:
-            c.score = 0.0
-            return False
-
-    ok = await asyncio.gather(*(one(c) for c in cands))
-    return None if all(ok) else "budget_exhausted"

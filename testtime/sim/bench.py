@@ -9,7 +9,8 @@ same problems and the same random stream (common random numbers). Problems
 run concurrently with asyncio.
 
 Per row it reports accuracy (normalised answer == reference), the mean
-tokens spent, the largest spent/limit ratio (must be <= 1: the budget
+tokens spent, the mean and the largest spent/limit ratio (the mean says how
+much of the budget a strategy uses; the largest must be <= 1: the budget
 invariant), and which PRM/verifier was actually called (``None`` when the
 strategy spent nothing on role ``"verify"``).
 """
@@ -52,10 +53,12 @@ class BenchRow:
     problems: int
     budget_exhausted: int = 0
     seconds: float = 0.0
+    mean_spend_ratio: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "budget": self.budget, "accuracy": round(self.accuracy, 4),
                 "mean_tokens": round(self.mean_tokens, 1),
+                "mean_spend_ratio": round(self.mean_spend_ratio, 4),
                 "max_spend_ratio": round(self.max_spend_ratio, 4), "prm": self.prm,
                 "problems": self.problems, "budget_exhausted": self.budget_exhausted,
                 "seconds": round(self.seconds, 3)}
@@ -205,6 +208,7 @@ async def run_bench(*, suite: str | Suite = "calibrated", strategies: str | Sequ
                 strategy=name, budget=budget,
                 accuracy=sum(r[0] for r in results) / n,
                 mean_tokens=sum(r[1] for r in results) / n,
+                mean_spend_ratio=sum(r[1] for r in results) / n / budget,
                 max_spend_ratio=max(r[1] for r in results) / budget,
                 prm=scorer if any(r[3] for r in results) else None,
                 problems=n,
@@ -227,7 +231,8 @@ def render(report: BenchReport, *, console: Any = None) -> None:
             console = Console(width=120)
     table = Table(title=f"testtime bench --sim --suite {report.suite} (seed {report.seed})")
     for col, justify in [("strategy", "left"), ("budget", "right"), ("accuracy", "right"),
-                         ("mean tokens", "right"), ("max spend/limit", "right"),
+                         ("mean tokens", "right"), ("mean spend/limit", "right"),
+                         ("max spend/limit", "right"),
                          ("budget hit", "right"), ("scorer", "left")]:
         table.add_column(col, justify=justify)
     last = None
@@ -236,7 +241,7 @@ def render(report: BenchReport, *, console: Any = None) -> None:
             table.add_section()
         last = r.strategy
         table.add_row(r.strategy, f"{r.budget:,}", f"{r.accuracy:.3f}", f"{r.mean_tokens:,.0f}",
-                      f"{r.max_spend_ratio:.3f}", f"{r.budget_exhausted}/{r.problems}", r.prm or "-")
+                      f"{r.mean_spend_ratio:.3f}", f"{r.max_spend_ratio:.3f}", f"{r.budget_exhausted}/{r.problems}", r.prm or "-")
     console.print(table)
     for note in report.notes:
         console.print(f"[dim]note: {note}[/dim]")
@@ -245,9 +250,11 @@ def render(report: BenchReport, *, console: Any = None) -> None:
 
 def markdown(report: BenchReport) -> str:
     """The report as a Markdown table (for bench/search.md)."""
-    lines = ["| strategy | budget | accuracy | mean tokens | max spend/limit | budget hit | scorer |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = ["| strategy | budget | accuracy | mean tokens | mean spend/limit | max spend/limit | budget hit "
+             "| scorer |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in report.rows:
         lines.append(f"| {r.strategy} | {r.budget:,} | {r.accuracy:.3f} | {r.mean_tokens:,.0f} | "
-                     f"{r.max_spend_ratio:.3f} | {r.budget_exhausted}/{r.problems} | {r.prm or '-'} |")
+                     f"{r.mean_spend_ratio:.3f} | {r.max_spend_ratio:.3f} | "
+                     f"{r.budget_exhausted}/{r.problems} | {r.prm or '-'} |")
     return "\n".join(lines)
