@@ -221,6 +221,17 @@ async def arun(
                 model=ctx.model.spec, budget=ctx.ledger.budget.to_dict(), seed=seed)
     t0 = time.monotonic()
     try:
+        return await _search(problem, strat, ctx, tracer, writer, seed, t0)
+    finally:
+        if context is None and isinstance(model, str):
+            # The model this call loaded from a spec: close its HTTP pools on
+            # this loop rather than at garbage collection on a closed one.
+            await ctx.model.aclose()
+
+
+async def _search(problem: Problem, strat: SearchStrategy, ctx: RunContext, tracer: Tracer,
+                  writer: JsonlWriter | None, seed: int | None, t0: float) -> Result:
+    try:
         found = await strat.search(problem, ctx)
     except BaseException as exc:
         tracer.emit("run_end", answer=None, stopped_reason="error",

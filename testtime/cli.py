@@ -157,8 +157,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
                         step_delimiter=args.step_delimiter)
     kwargs = dict(strategy=strategy, seed=args.seed, context=ctx)
 
+    async def answer() -> Any:
+        # Close HTTP pools on the loop that opened them, not at garbage collection.
+        try:
+            return await arun(args.question, **kwargs)
+        finally:
+            await ctx.model.aclose()
+
     if args.json:
-        result = asyncio.run(arun(args.question, **kwargs))
+        result = asyncio.run(answer())
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
         return 0
     from testtime.trace.live import LiveView
@@ -166,7 +173,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with LiveView(ctx.ledger, title=args.question, strategy=strategy.name, model=ctx.model.spec,
                   context=ctx) as view:
         tracer.add_sink(view)
-        result = asyncio.run(arun(args.question, **kwargs))
+        result = asyncio.run(answer())
     view.print_summary(result)
     return 0
 

@@ -218,17 +218,17 @@ class RunContext:
                 await retry_module._sleep(wait)
 
     def _retry_wait(self, exc: ModelAPIError, policy: Any, attempt: int, attempts: int) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up."""
-        if not exc.retryable or attempt >= attempts or policy is None:
+        """Seconds to wait before the next attempt, or None to give up.
+
+        The backend's policy decides (retryable? attempts left? Retry-After
+        within its cap?), with the run's deadline as the last moment a wait
+        may end.
+        """
+        if policy is None:
             return None
-        wait = exc.retry_after if exc.retry_after is not None else float(policy.backoff(attempt))
-        cap = getattr(policy, "max_retry_after", None)
-        if cap is not None and exc.retry_after is not None and exc.retry_after > float(cap):
-            return None  # the server asks for longer than we agreed to wait
-        # Honour Retry-After up to the run's deadline, never past it.
-        if wait >= self.ledger.remaining("seconds"):
-            return None
-        return max(wait, 0.0)
+        room = self.ledger.remaining("seconds")
+        deadline = None if room == float("inf") else time.monotonic() + room
+        return policy.next_wait(exc, attempt, deadline=deadline)
 
     async def _reserve(self, worst: Usage, role: str, model: Model) -> Any:
         while True:

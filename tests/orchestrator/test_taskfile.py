@@ -84,7 +84,8 @@ def test_cli_runs_task_with_json_and_resumes(tmp_path: Path, monkeypatch, capsys
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["answer"] == "7" and set(out["stages"]) == {"plan", "solve"}
-    assert out["usage"]["by_role"]["solve"]["calls"] == 2
+    # `calls` counts requests: plan's one + solve's three (scripted models have no native n).
+    assert out["usage"]["by_role"]["solve"]["calls"] == 4
     assert out["usage"]["by_stage"]["plan"]["calls"] == 1 and out["budget"] == {"tokens": 3000}
     assert (tmp_path / "home" / "checkpoints.sqlite").exists()
     # Resuming a finished run re-issues nothing and reports the same spend.

@@ -16,9 +16,9 @@ from typing import Any
 
 from langgraph.runtime import Runtime
 
-from testtime.budget import _INT_DIMS, DIMENSIONS
+from testtime.budget import _INT_DIMS, DIMENSIONS, Usage
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.orchestrator import template
 from testtime.orchestrator.definition import END, Stage
 from testtime.orchestrator.state import DONE, PENDING, RUNNING, SKIPPED, WorkflowRuntime, WorkflowState
@@ -89,6 +89,8 @@ def stage_context(rt: WorkflowRuntime, stage: Stage, record: dict[str, Any]) -> 
         temperature=root.temperature if stage.temperature is None else stage.temperature,
         system_prompt=stage.system if stage.system is not None else root.system_prompt,
         in_flight=0,
+        journal=rt.journal.for_stage(stage.name, ledger.elapsed) if rt.journal is not None else None,
+        call_scope=stage.name,
     )
     verifier = rt.workflow.resolve_verifier(stage.verifier, rt, ctx)
     if stage.search_verifier:
@@ -113,7 +115,11 @@ def stage_problem(stage: Stage, state: WorkflowState) -> Problem:
 
 
 def _node_ctx(rt: WorkflowRuntime, ctx: RunContext, stage: Stage, step: str, round_: int) -> RunContext:
-    return ctx.derive(rng=rt.node_rng(stage.name, step, round_))
+    # The journal scope names the node, so a call's key is the same in every
+    # process that runs this node (a resumed run replays it by that key).
+    scope = f"{stage.name}/{step}/{round_}"
+    rt.enter_node(stage.name, scope, ctx.ledger)
+    return ctx.derive(rng=rt.node_rng(stage.name, step, round_), call_scope=scope)
 
 
 def _answer(stage: Stage, text: str, answer: str | None) -> str | None:
@@ -131,7 +137,13 @@ def make_solve(stage: Stage) -> Node:
         record = dict(state.get("stages", {}).get(stage.name, {}))
         update: dict[str, Any] = {}
         if record.get("status") != RUNNING:
-            limits = carve_limits(rt, stage, state.get("stages", {}))
+            # A stage an earlier process started (and died in) keeps the budget
+            # it was carved then, so its re-run sees the same limits.
+            limits = rt.journal.stage_limits(stage.name) if rt.journal is not None else None
+            if limits is None:
+                limits = carve_limits(rt, stage, state.get("stages", {}))
+                if rt.journal is not None:
+                    rt.journal.record_stage_limits(stage.name, limits)
             record["budget"] = limits
             update.update(status=RUNNING, budget=limits, round=0, started=time.time())
         ctx = stage_context(rt, stage, record)
@@ -148,7 +160,7 @@ def make_solve(stage: Stage) -> Node:
             found = await strategy.search(problem, _node_ctx(rt, ctx, stage, "solve", 0))
             text, answer, score, stopped = found.text, found.answer, found.score, found.stopped_reason
             n_cands = len(found.candidates)
-        except BudgetExhausted:
+        except SearchStop:
             text, answer, score, stopped, n_cands = "", None, None, "budget_exhausted", 0
         update.update(text=text, answer=_answer(stage, text, answer), score=score,
                       stopped_reason=stopped, candidates=n_cands, passed=None)
@@ -171,7 +183,7 @@ def make_verify(stage: Stage) -> Node:
         problem = stage_problem(stage, state)
         try:
             verdict = await verifier.verify(problem, record["text"], _node_ctx(rt, ctx, stage, "verify", round_))
-        except BudgetExhausted:
+        except SearchStop:
             return {"stages": {stage.name: {"passed": False, "stopped_reason": "budget_exhausted",
                                             "refused": True}}}
         ctx.tracer.emit("verify_round", verifier=_verifier_name(verifier), score=verdict.score,
@@ -217,7 +229,7 @@ def make_refine(stage: Stage) -> Node:
             return {"stages": {stage.name: {"refused": True, "stopped_reason": "budget_exhausted"}}}
         try:
             gens = await node_ctx.generate(request, role="solve")
-        except BudgetExhausted:
+        except SearchStop:
             return {"stages": {stage.name: {"refused": True, "stopped_reason": "budget_exhausted"}}}
         text = gens[0].text
         return {"stages": {stage.name: {"round": round_, "text": text, "answer": _answer(stage, text, None),
@@ -241,6 +253,14 @@ def make_end(stage: Stage) -> Node:
         rt = runtime.context
         record = state["stages"][stage.name]
         ctx = stage_context(rt, stage, record)
+        # Spend of an earlier process that no replay accounted for (calls in
+        # flight at a crash, at their worst case; calls not made again).
+        unreplayed = rt.settle_journal(stage.name, ctx.ledger)
+        if unreplayed:
+            total = sum(unreplayed.values(), Usage())
+            ctx.tracer.emit("note", message=f"stage {stage.name!r}: charged journaled spend of an earlier "
+                            "process that was not replayed", usage=total.to_dict(),
+                            by_role={r: u.to_dict() for r, u in unreplayed.items()})
         usage = ctx.ledger.usage
         by_role = {r: u.to_dict() for r, u in ctx.ledger.usage_by_role().items()}
         update: dict[str, Any] = {stage.name: {"status": DONE, "usage": usage.to_dict(), "by_role": by_role}}

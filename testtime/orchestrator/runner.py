@@ -2,8 +2,9 @@
 
 :meth:`Workflow.arun` delegates here. A run streams the compiled graph with
 ``durability="sync"`` so each node's checkpoint is on disk before the next
-node starts; with checkpoints on, every settled model call is also journaled
-(see :mod:`testtime.orchestrator.checkpoint`).
+node starts; with checkpoints on, every model call is also journaled ahead of
+sending and when it ends, and a resumed run replays the calls an earlier
+process completed (see :mod:`testtime.orchestrator.checkpoint`).
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from testtime.budget import Budget, BudgetLedger, Usage
-from testtime.context import RunContext
+from testtime.context import RunContext, final_stopped_reason, spend_report
 from testtime.errors import UserError
 from testtime.models.base import Model
+from testtime.models.prices import require_prices
 from testtime.orchestrator import template
-from testtime.orchestrator.checkpoint import SpendJournal, default_checkpoint_path, open_checkpointer
+from testtime.orchestrator.checkpoint import CallJournal, default_checkpoint_path, open_checkpointer
 from testtime.orchestrator.state import DONE, SKIPPED, WorkflowRuntime, new_record
 from testtime.trace.events import TraceEvent, Tracer
 from testtime.trace.jsonl import JsonlWriter
@@ -110,6 +112,10 @@ def build_runtime(wf: Workflow, *, budget: Budget, seed: int | None, model: str 
     root = context or RunContext(model=placeholder, ledger=BudgetLedger(budget), tracer=tracer,  # type: ignore[arg-type]
                                  rng=random.Random(seed), seed=seed)
     rt = WorkflowRuntime(workflow=wf, root=root, model_override=model, model_options=options)
+    # A usd limit needs a price for every API model the run can use: refuse before loading any.
+    stage_specs = [s.model for s in wf.stages.values() if isinstance(s.model, str) and s.model not in wf.models]
+    require_prices([model] if model is not None else [*wf.models.values(), wf.default_model, *stage_specs],
+                   root.ledger, options=options)
     for key, spec in wf.models.items():
         if model is not None or isinstance(spec, str):
             rt.models[key] = rt.load(spec if isinstance(spec, (str, Model)) else spec["spec"])
@@ -169,19 +175,18 @@ async def execute(wf: Workflow, *, inputs: dict[str, Any], budget: Any, seed: in
     rt = build_runtime(wf, budget=limits, seed=seed, model=model, base_url=base_url, tracer=tracer,
                        context=context)
     root = rt.root
-    journal: SpendJournal | None = None
+    journal: CallJournal | None = None
     t0 = time.monotonic()
     try:
         async with _maybe_saver(path) as saver:
             app = wf.compile(saver)
             cfg = {"configurable": {"thread_id": rid}}
+            abandoned = None
             if path is not None:
-                journal = SpendJournal(path, rid, clock=root.ledger.elapsed)
+                journal = CallJournal(path, rid, clock=root.ledger.elapsed, fresh=stored is None)
+                rt.journal = journal
             if stored is not None and journal is not None:
-                _restore(rt, stored, journal)
-            if journal is not None:
-                tracer.add_sink(journal)
-                added.append(journal)
+                abandoned = _restore(rt, stored, journal)
             tracer.emit("run_start", task=wf.name, stages=list(wf.stages), model=root.model.spec,
                         models={k: m.spec for k, m in rt.models.items() if not k.startswith("__")},
                         budget=limits.to_dict(), seed=seed, resumed=resume is not None,
@@ -189,7 +194,14 @@ async def execute(wf: Workflow, *, inputs: dict[str, Any], budget: Any, seed: in
                         inputs={k: str(v)[:200] for k, v in inputs.items()})
             if stored is not None:
                 done = [n for n, r in stored.get("stages", {}).items() if r.get("status") == DONE]
-                tracer.emit("run_resumed", completed_stages=done, restored_usage=root.ledger.usage.to_dict())
+                tracer.emit("run_resumed", completed_stages=done, restored_usage=root.ledger.usage.to_dict(),
+                            restored_seconds=round(root.ledger.elapsed(), 3))
+                if abandoned is not None and abandoned.count:
+                    # Calls in flight when the earlier process died: they may
+                    # have been billed, so their worst case is charged (when
+                    # their stage ends, or at the end of the run).
+                    tracer.emit("abandoned_calls", count=abandoned.count, usage=abandoned.usage.to_dict(),
+                                by_stage=abandoned.by_stage)
                 first: Any = None
                 final: dict[str, Any] = stored
             else:
@@ -205,10 +217,10 @@ async def execute(wf: Workflow, *, inputs: dict[str, Any], budget: Any, seed: in
                     final = chunk
                 elif path is not None and isinstance(chunk, dict):
                     tracer.emit("checkpoint", run_id=rid, step=sorted(chunk))
-            for roles in rt.restored.values():  # journaled spend of stages that never resumed
-                for role, usage in roles.items():
-                    root.ledger.charge(usage, role=role)
-            rt.restored.clear()
+            if journal is not None:  # journaled spend of stages that did not end in this process
+                for roles in journal.take_all().values():
+                    for role, usage in roles.items():
+                        root.ledger.charge(usage, role=role)
             result = _result(wf, rt, final, rid, path, resume is not None, time.monotonic() - t0)
     except BaseException as exc:
         tracer.emit("run_end", answer=None, stopped_reason="error", error=f"{type(exc).__name__}: {exc}",
@@ -231,18 +243,26 @@ def _default_budget() -> str:
     return DEFAULT_BUDGET
 
 
-def _restore(rt: WorkflowRuntime, stored: dict[str, Any], journal: SpendJournal) -> None:
-    """Charge the journaled spend: finished stages to the root now, others when they restart."""
+def _restore(rt: WorkflowRuntime, stored: dict[str, Any], journal: CallJournal) -> Any:
+    """Bring the journaled spend and time of the earlier processes into the ledgers.
+
+    Finished (and skipped) stages are charged to the root now. A stage that
+    was running gets its spend back through replayed calls as it re-runs, and
+    the rest when it ends (:meth:`WorkflowRuntime.settle_journal`); stages
+    that never run again are charged at the end of the run. Entries left
+    pending (in flight at the crash) are marked abandoned and charged at their
+    worst case with their stage. Returns the abandoned calls found.
+    """
     stages = stored.get("stages", {})
+    abandoned = journal.abandon_pending()
     ledger = rt.root.ledger
-    for stage, roles in journal.totals().items():
-        status = stages.get(stage, {}).get("status")
-        if stage in rt.workflow.stages and status not in (DONE, SKIPPED):
-            rt.restored[stage] = roles
-        else:
-            for role, usage in roles.items():
-                ledger.charge(usage, role=role)
+    finished = journal.take_all_where(lambda name: name not in rt.workflow.stages
+                                      or stages.get(name, {}).get("status") in (DONE, SKIPPED))
+    for roles in finished.values():
+        for role, usage in roles.items():
+            ledger.charge(usage, role=role)
     ledger.restore(Usage(), seconds=journal.elapsed())
+    return abandoned
 
 
 def _usage(ledger: BudgetLedger, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -283,9 +303,15 @@ def _result(wf: Workflow, rt: WorkflowRuntime, final: dict[str, Any], rid: str, 
     else:
         stopped = "done"
     ledger = rt.root.ledger
+    stats = rt.root.stats
+    stopped = final_stopped_reason(stopped, ledger, stats)
+    last_error = stats.get("last_error")
+    if last_error is not None and not stats.get("calls_ok") and out.get("answer") is None:
+        raise last_error  # not one call succeeded: the error is all there is to report
+    usage = {**_usage(ledger, records), **spend_report(ledger, stats)}
     result = WorkflowResult(
         answer=out.get("answer"), text=out.get("text", ""), score=out.get("score"), stages=stages,
-        usage=_usage(ledger, records), budget=ledger.budget.to_dict(), stopped_reason=stopped,
+        usage=usage, budget=ledger.budget.to_dict(), stopped_reason=stopped,
         run_id=rid, output=output, checkpoint=str(path) if path else None, resumed=resumed,
         model=", ".join(sorted({m.spec for k, m in rt.models.items()} | {rt.root.model.spec})),
     )

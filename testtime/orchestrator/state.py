@@ -18,6 +18,7 @@ from testtime.context import RunContext
 
 if TYPE_CHECKING:
     from testtime.models.base import Model
+    from testtime.orchestrator.checkpoint import CallJournal
     from testtime.orchestrator.workflow import Workflow
     from testtime.verifiers.base import Verifier
 
@@ -71,6 +72,8 @@ class WorkflowRuntime:
         verifiers: verifier key/spec -> loaded verifier (cache).
         stage_ctx: stage name -> the RunContext carved for it (built when the
             stage starts, or rebuilt from the checkpoint on resume).
+        journal: the call journal of a checkpointed run (None without
+            checkpoints); stages journal and replay their calls through it.
     """
 
     workflow: Workflow
@@ -78,7 +81,8 @@ class WorkflowRuntime:
     models: dict[str, Model] = field(default_factory=dict)
     verifiers: dict[str, Verifier | None] = field(default_factory=dict)
     stage_ctx: dict[str, RunContext] = field(default_factory=dict)
-    restored: dict[str, dict[str, Usage]] = field(default_factory=dict)
+    journal: CallJournal | None = None
+    entered: set[str] = field(default_factory=set)
     model_override: str | Model | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
 
@@ -106,9 +110,47 @@ class WorkflowRuntime:
         return random.Random(f"{seed}:{stage}:{step}:{round_}")
 
     def stage_ledger(self, stage: str, limits: dict[str, float] | None) -> BudgetLedger:
-        """The stage's child ledger with ``limits`` (restoring journaled spend)."""
+        """The stage's child ledger with ``limits``.
+
+        On resume its clock continues from the seconds the stage had run for
+        (journaled with every call), so a ``seconds`` limit does not restart;
+        its spend comes back when its first node runs (:meth:`enter_node`),
+        through replayed calls and when it ends (:meth:`settle_journal`); see
+        :mod:`testtime.orchestrator.checkpoint`.
+        """
         ledger = self.root.ledger.child(Budget(**(limits or {})), name=stage)
-        for role, usage in self.restored.pop(stage, {}).items():
-            # charge() propagates up: the root learns this spend here, once.
-            ledger.charge(usage, role=role)
+        if self.journal is not None:
+            seconds = self.journal.stage_elapsed(stage)
+            if seconds > 0:
+                ledger.restore(Usage(), seconds=seconds)
         return ledger
+
+    def enter_node(self, stage: str, scope: str, ledger: BudgetLedger) -> dict[str, Usage]:
+        """The first node of ``stage`` this process runs: charge the journaled spend of its earlier nodes.
+
+        Those nodes were checkpointed and do not run again, so their calls
+        cannot replay; charging them now gives the resumed node the budget it
+        had in the uninterrupted run. Returns role -> Usage charged (empty
+        after the first node, and in a run that is not resumed).
+        """
+        if self.journal is None or stage in self.entered:
+            return {}
+        self.entered.add(stage)
+        taken = self.journal.take_stage_except(stage, scope)
+        for role, usage in taken.items():
+            ledger.charge(usage, role=role)
+        return taken
+
+    def settle_journal(self, stage: str, ledger: BudgetLedger) -> dict[str, Usage]:
+        """Charge ``stage``'s journaled spend that no replay accounted for to ``ledger``.
+
+        Called when the stage ends: done calls of an earlier process that the
+        re-run did not make again, failed calls, and calls in flight at a
+        crash (at their worst case). Returns role -> Usage charged.
+        """
+        if self.journal is None:
+            return {}
+        taken = self.journal.take_stage(stage)
+        for role, usage in taken.items():
+            ledger.charge(usage, role=role)
+        return taken

@@ -213,6 +213,13 @@ def parse_task(text: str, *, file: str = "<task>") -> tuple[TaskFile, _Lines]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         raise UserError(f"{file}:{line}: not valid YAML: {exc.problem or exc}") from exc
+    except yaml.reader.ReaderError as exc:  # a control character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        char = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise UserError(f"{file}:{line}: not valid YAML: character {char:#x} at character "
+                        f"{exc.position} is not allowed in YAML text") from None
+    except RecursionError:
+        raise UserError(f"{file}: not valid YAML: nested too deeply") from None
     lines = _Lines(root)
     if not isinstance(data, dict):
         raise UserError(f"{file}:1: a task file must be a YAML mapping with at least `stages:` "
@@ -315,16 +322,24 @@ def build_workflow(task: TaskFile, lines: _Lines, *, file: str = "<task>", defau
     try:
         wf.validate()
     except UserError as exc:
-        # Point at the stage the message names, else at `stages:`.
+        # Point at the stage (and field) the message names, else at `stages:`.
         loc: tuple[Any, ...] = ("stages",)
+        msg = str(exc)
+        m = re.match(r"verifiers\.([^:]+):", msg)
+        if m and m.group(1) in task.verifiers:
+            loc, msg = ("verifiers", m.group(1)), msg[m.end():].strip()
         for i, n in enumerate(names):
             if f"stage {n!r}" in str(exc):
                 loc = ("stages", i)
-                m = re.search(r"stage '[^']+' (prompt|meta\.(\w+))", str(exc))
-                if m:
-                    loc = ("stages", i, "prompt") if m.group(1) == "prompt" else ("stages", i, "meta", m.group(2))
+                m = re.search(r"stage '[^']+' (prompt|meta\.(\w+)|strategy|verifier|prm)\b", str(exc))
+                if m and m.group(1) == "prompt":
+                    loc = ("stages", i, "prompt")
+                elif m and m.group(2):
+                    loc = ("stages", i, "meta", m.group(2))
+                elif m:
+                    loc = ("stages", i, m.group(1))
                 break
-        raise fail(loc, str(exc)) from None
+        raise fail(loc, msg) from None
     return wf
 
 
@@ -348,6 +363,24 @@ def _check_spec(spec: str, fail: Any) -> None:
         raise fail(str(exc)) from None
 
 
+def decode_task_bytes(data: bytes, *, file: str = "<task>") -> str:
+    """A task file's bytes as text: UTF-8 (a BOM is allowed), no NUL bytes.
+
+    Raises:
+        UserError: naming the file and the first offending byte offset.
+    """
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise UserError(f"task file {file} contains a NUL byte at byte {nul}: "
+                        "a task file must be UTF-8 text (is it a binary file?)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"task file {file} is not UTF-8 text: byte 0x{data[exc.start]:02x} at byte "
+                        f"{exc.start} (line {line}) cannot be decoded; save it as UTF-8") from None
+
+
 def load_task(path: str | Path) -> Workflow:
     """Read, validate and build a task file.
 
@@ -356,8 +389,8 @@ def load_task(path: str | Path) -> Workflow:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read task file {p}: {exc.strerror}") from exc
-    task, lines = parse_task(text, file=str(p))
+    task, lines = parse_task(decode_task_bytes(data, file=str(p)), file=str(p))
     return build_workflow(task, lines, file=str(p), default_name=p.stem)

@@ -18,6 +18,7 @@ edges out of a stage by a choice made when it ends.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -208,6 +209,39 @@ class Workflow:
                     template.check(v, inputs=declared, stages=ancestors[name], where=f"stage {name!r} meta.{k}")
             if isinstance(s.model, str) and s.model not in self.models:
                 load_spec_check(s.model, f"stage {name!r} model")
+        self.check_specs()
+
+    def check_specs(self) -> None:
+        """Build every stage's strategy and verifier/PRM from its spec, loading no model.
+
+        So an unknown strategy option or a bad verifier spec in the last stage
+        fails before the first stage spends anything (``validate`` calls it;
+        a definition that passed once is not checked again).
+        """
+        key = self.fingerprint()
+        if getattr(self, "_specs_checked", None) == key:
+            return
+        from testtime.search.registry import make_strategy
+
+        for key_, spec in self.verifiers.items():  # first: a stage's error then points at its own field
+            if isinstance(spec, str) and spec != "default":
+                _check_judge_spec(spec, "verifier", self, f"verifiers.{key_}")
+        for name, s in self.stages.items():
+            if isinstance(s.strategy, str):
+                try:
+                    strategy = make_strategy(s.strategy, **dict(s.strategy_options))
+                except UserError as exc:
+                    raise UserError(f"stage {name!r} strategy: {exc}") from None
+                if strategy.needs_prm and s.prm is None:
+                    raise UserError(f"stage {name!r} strategy: {strategy.name!r} needs a PRM (set `prm:`)")
+            verifier = s.verifier
+            if isinstance(verifier, str) and verifier in self.verifiers:
+                verifier = self.verifiers[verifier]
+            if isinstance(verifier, str) and verifier != "default":
+                _check_judge_spec(verifier, "verifier", self, f"stage {name!r} verifier")
+            if isinstance(s.prm, str) and s.prm != "default":
+                _check_judge_spec(s.prm, "prm", self, f"stage {name!r} prm")
+        self._specs_checked = key
 
     def topological_order(self) -> list[str]:
         deps = self.dependencies()
@@ -240,10 +274,23 @@ class Workflow:
         return out
 
     def fingerprint(self) -> str:
-        """A hash of the definition; resuming with a different one is refused."""
+        """A hash of everything in the definition that changes what a run does.
+
+        Stages (prompts, models, strategies and their options, verifier and
+        PRM specs, shares, budgets, sampling settings), dependencies, routes
+        with their conditions, the models and verifiers maps, the default
+        model, budget and seed, the declared inputs and the output stage. A
+        resume with a different fingerprint is refused (the name is left out:
+        a renamed file resumes).
+        """
         blob = {"stages": {n: {k: _plain(getattr(s, k)) for k in s.__slots__}  # type: ignore[attr-defined]
                            for n, s in self.stages.items()},
-                "deps": self.dependencies(), "routes": sorted(self.routes)}
+                "deps": self.dependencies(),
+                "routes": {src: {"cases": [[_plain(c), t] for c, t in r.cases], "default": r.default}
+                           for src, r in sorted(self.routes.items())},
+                "models": _plain(self.models), "model": _plain(self.default_model),
+                "verifiers": _plain(self.verifiers), "budget": _plain(self.budget), "seed": self.seed,
+                "inputs": _plain(self.inputs), "output": self.output}
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
     def build_graph(self) -> StateGraph:
@@ -387,11 +434,65 @@ def load_spec_check(spec: str, where: str) -> None:
         raise UserError(f"{where}: {exc} (or use a key of `models`)") from exc
 
 
+def _check_judge_spec(spec: str, kind: str, wf: Workflow, where: str) -> None:
+    """Build a verifier (``kind="verifier"``) or PRM spec with a stand-in model, to check it.
+
+    The model a spec names (``genrm:judge``) must be a key of the workflow's
+    models, ``policy``, or a valid model spec; nothing is loaded or sent.
+    """
+    import importlib
+
+    from testtime.models.scripted import ScriptedModel
+
+    try:
+        registry = importlib.import_module("testtime.verifiers.registry")
+    except ModuleNotFoundError:  # no verifier registry in this install: nothing to check against
+        return
+    try:
+        head, _ = registry.split_options(spec.strip())
+        form, _, arg = head.partition(":")
+        form = form.strip().lower()
+        target = None
+        if kind == "verifier" and form in ("genrm", "flexive"):
+            target = arg
+        elif kind == "prm" and form == "prm" and arg.partition(":")[0].strip().lower() == "llm":
+            target = arg.partition(":")[2]
+        if target and target.strip() not in wf.models and target.strip().lower() not in ("policy", "self"):
+            load_spec_check(target.strip(), where)
+        stand_in = ScriptedModel(["(spec check)"], name="spec-check")
+        if kind == "verifier":
+            registry.load_verifier(spec, None, model=stand_in)
+        else:
+            registry.load_prm(spec, None, model=stand_in)
+    except UserError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise UserError(f"{where}: {exc}") from None
+
+
 def _plain(v: Any) -> Any:
+    """A JSON-able, process-independent form of a definition value (for the fingerprint)."""
     if isinstance(v, (str, int, float, bool)) or v is None:
         return v
     if isinstance(v, Mapping):
         return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
+    if isinstance(v, Budget):
+        return {"budget": v.to_dict()}
+    if isinstance(v, Model):
+        return {"model": v.spec, "type": type(v).__name__}
+    params = getattr(v, "params", None)
+    if callable(params) and hasattr(v, "search"):  # a strategy instance
+        try:
+            return {"strategy": getattr(v, "name", type(v).__name__), "params": _plain(params())}
+        except Exception:  # noqa: BLE001 - a strategy whose params fail: its type still counts
+            return {"strategy": type(v).__name__}
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {type(v).__name__: {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}}
+    spec = getattr(v, "spec", None)
+    if isinstance(spec, str):
+        return {"spec": spec, "type": type(v).__name__}
+    if callable(v):
+        return f"<callable {getattr(v, '__module__', '')}.{getattr(v, '__qualname__', type(v).__name__)}>"
     return f"<{type(v).__name__}>"
