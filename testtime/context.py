@@ -337,9 +337,13 @@ class RunContext:
         """Settle a failed attempt at what it may have cost, or release it."""
         settled: Usage | None
         if isinstance(exc, ModelAPIError) and exc.billed is not None:
-            settled = exc.billed
-        elif isinstance(exc, ModelAPIError) and (exc.status is not None or not exc.sent):
-            settled = None  # an error reply, or never sent: nothing was generated
+            settled = replace(exc.billed, calls=max(exc.billed.calls, worst.calls))
+        elif isinstance(exc, ModelAPIError) and not exc.sent:
+            settled = None  # never reached the server
+        elif isinstance(exc, ModelAPIError) and exc.status is not None:
+            # An error reply: nothing generated, but a request was sent, and
+            # `calls` counts requests (retries included).
+            settled = Usage(calls=worst.calls)
         elif exc is not None and not isinstance(exc, (ModelAPIError, asyncio.CancelledError,
                                                       TimeoutError, ConnectionError)):
             settled = None  # raised before or instead of a request (bad input, a bug)

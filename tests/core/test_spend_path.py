@@ -157,7 +157,7 @@ async def test_cancel_after_k_deltas_settles_k_tokens_plus_the_prompt() -> None:
     model = StreamingFake(words=10, delay=0.01)
     ctx = _ctx(model)
     task = asyncio.create_task(ctx.generate(REQ.with_(max_tokens=10)))
-    while model.served_output < 3:
+    while model.served_output < 3:  # noqa: ASYNC110 - polling a fake's counter is the point
         await asyncio.sleep(0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -175,20 +175,19 @@ async def test_every_retry_is_reserved_and_counted_as_a_call() -> None:
     ctx = _ctx(model, "tokens=10k")
     await ctx.generate(REQ)
     assert len(model.requests) == 3
-    # The two 500 replies were released (nothing generated); the success is one call.
-    assert ctx.ledger.usage.calls == 1 and ctx.stats["retries"] == 2
+    # The two 500 replies generated nothing but were requests: three calls, no tokens for them.
+    assert ctx.ledger.usage.calls == 3 and ctx.stats["retries"] == 2
+    assert ctx.ledger.usage.output_tokens == 5
 
 
 async def test_calls_limit_caps_requests_including_retries() -> None:
     boom = [ModelAPIError("HTTP 500", retryable=True, status=500)]
     model = StreamingFake(fail=boom, retries=3)
     ctx = _ctx(model, "calls=1")
-    # The first attempt's reservation holds the only call until it is
-    # released; the retry then takes it. No third request can be admitted.
-    await ctx.generate(REQ)
+    # The 500 reply used the only call; the retry is refused, not sent.
     with pytest.raises(BudgetExhausted):
         await ctx.generate(REQ)
-    assert len(model.requests) == 2
+    assert len(model.requests) == 1 and ctx.ledger.spent("calls") == 1
 
 
 async def test_calls_limit_one_with_fan_out_of_eight_sends_one_request() -> None:

@@ -147,7 +147,8 @@ async def test_vllm_prm_server_errors_are_model_api_errors(pooling_server: Loopb
     ctx, _ = _ctx()
     with pytest.raises(ModelAPIError, match="404"):
         await prm.score_steps(PROBLEM, STEPS, ctx)
-    assert ctx.ledger.usage.calls == 0  # the reservation was released
+    # The 404 reply billed nothing, but it was a request: one call, no tokens.
+    assert ctx.ledger.usage.calls == 1 and ctx.ledger.usage.tokens == 0
 
 
 async def test_vllm_prm_in_process_needs_vllm() -> None:

@@ -104,16 +104,6 @@ class AnthropicModel(Model):
         return f"<AnthropicModel {self.spec} base_url={shown!r}>"
 
     @property
-    def policy(self) -> RetryPolicy:
-        """Alias of :attr:`retry_policy` (older name)."""
-        return self.retry_policy  # type: ignore[return-value]
-
-    @property
-    def timeout(self) -> float:
-        """Alias of :attr:`idle_timeout` (older name)."""
-        return self.idle_timeout
-
-    @property
     def capabilities(self) -> Capabilities:
         return Capabilities(native_n=False, logprobs=False, prefix=True, prefix_cache=True, thinking=True)
 
@@ -157,7 +147,7 @@ class AnthropicModel(Model):
             return (await collect(self._stream_one(one), backend="anthropic")).generations
 
         parts = await asyncio.gather(*(
-            with_retries(attempt, policy=self.policy, model=self.spec, translate=self._translate)
+            with_retries(attempt, policy=self.retry_policy, model=self.spec, translate=self._translate)
             for _ in range(request.n)))
         return [g for part in parts for g in part]
 

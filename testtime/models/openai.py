@@ -262,16 +262,6 @@ class OpenAIModel(Model):
         return f"<OpenAIModel {self.spec} server={self.server_kind} base_url={redact_url(repr(self.base_url))}>"
 
     @property
-    def policy(self) -> RetryPolicy:
-        """Alias of :attr:`retry_policy` (older name)."""
-        return self.retry_policy  # type: ignore[return-value]
-
-    @property
-    def timeout(self) -> float:
-        """Alias of :attr:`idle_timeout` (older name)."""
-        return self.idle_timeout
-
-    @property
     def capabilities(self) -> Capabilities:
         return Capabilities(native_n=self.native_n and not self._n_ignored, logprobs=True, prefix=True,
                             prefix_cache=self.server_kind in ("vllm", "sglang", "openai"))
@@ -370,7 +360,7 @@ class OpenAIModel(Model):
         async def attempt() -> list[Generation]:
             return (await collect(self.stream(request), backend="openai")).generations
 
-        return await with_retries(attempt, policy=self.policy, model=self.spec, translate=self._translate)
+        return await with_retries(attempt, policy=self.retry_policy, model=self.spec, translate=self._translate)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
         """One attempt: deltas as they arrive, then a :class:`StreamEnd`.
