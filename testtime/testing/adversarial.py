@@ -299,8 +299,9 @@ class CutStream(AdversarialModel):
 class ErrorStorm(AdversarialModel):
     """Seeded faults per attempt: 408, 429 (with ``retry_after``), 500, and timeouts.
 
-    A status fault is an error reply (nothing generated, nothing billed); a
-    timeout happens after the request was sent (the prompt may be billed).
+    A status fault is an error reply (nothing generated, no tokens billed,
+    but a request sent: it counts as one call); a timeout happens after the
+    request was sent (the prompt may be billed).
     """
 
     kind = "error-storm"
@@ -333,6 +334,7 @@ class ErrorStorm(AdversarialModel):
             raise ModelAPIError(f"{self.spec}: request timed out (injected)", retryable=True,
                                 backend=self.backend)
         status = int(kind)
+        self.log.billed = self.log.billed + Usage(calls=1)  # a request, no tokens
         raise ModelAPIError(f"{self.spec}: HTTP {status} (injected)", retryable=True, status=status,
                             retry_after=self.retry_after if status == 429 else None, backend=self.backend)
 
