@@ -28,6 +28,7 @@ STRATEGIES: dict[str, str] = {
     "particle_filter": "testtime.search.particle_filter:ParticleFilter",
     "entropic_pf": "testtime.search.entropic_pf:EntropicParticleFilter",
     "solve_detect_verify": "testtime.search.solve_detect_verify:SolveDetectVerify",
+    "code_monkeys": "testtime.search.code_monkeys:CodeMonkeys",
     "plan_and_budget": "testtime.agents.plan_and_budget:PlanAndBudget",
 }
 
