@@ -196,14 +196,13 @@ class RunContext:
                                      finish_reasons=[g.finish_reason for g in replay.generations])
                 return list(replay.generations)
         policy = model.retry_policy
-        attempts = max(int(getattr(policy, "max_attempts", 1)), 1) if policy is not None else 1
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await self._attempt(request, role, model, key)
             except ModelAPIError as exc:
-                wait = self._retry_wait(exc, policy, attempt, attempts)
+                wait = self._retry_wait(exc, policy, attempt)
                 if wait is None:
                     self.stats["errors"] += 1
                     self.stats["last_error"] = exc
@@ -217,7 +216,7 @@ class RunContext:
 
                 await retry_module._sleep(wait)
 
-    def _retry_wait(self, exc: ModelAPIError, policy: Any, attempt: int, attempts: int) -> float | None:
+    def _retry_wait(self, exc: ModelAPIError, policy: Any, attempt: int) -> float | None:
         """Seconds to wait before the next attempt, or None to give up.
 
         The backend's policy decides (retryable? attempts left? Retry-After

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from testtime.budget import Budget, BudgetLedger, Usage
-from testtime.context import RunContext, final_stopped_reason, spend_report
+from testtime.context import RunContext, final_stopped_reason
 from testtime.errors import UserError
 from testtime.models.base import Model
 from testtime.models.prices import require_prices
@@ -224,7 +224,7 @@ async def execute(wf: Workflow, *, inputs: dict[str, Any], budget: Any, seed: in
             result = _result(wf, rt, final, rid, path, resume is not None, time.monotonic() - t0)
     except BaseException as exc:
         tracer.emit("run_end", answer=None, stopped_reason="error", error=f"{type(exc).__name__}: {exc}",
-                    usage=_usage(root.ledger, {}))
+                    usage=_usage(root.ledger, {}, root.stats))
         raise
     finally:
         if journal is not None:
@@ -265,11 +265,11 @@ def _restore(rt: WorkflowRuntime, stored: dict[str, Any], journal: CallJournal) 
     return abandoned
 
 
-def _usage(ledger: BudgetLedger, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    u = ledger.usage
-    report: dict[str, Any] = u.to_dict()
-    report["seconds"] = round(ledger.elapsed(), 3)
-    report["by_role"] = {role: ru.to_dict() for role, ru in ledger.usage_by_role().items()}
+def _usage(ledger: BudgetLedger, stages: dict[str, dict[str, Any]],
+           stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    from testtime.api import usage_report
+
+    report = usage_report(ledger, stats)
     report["by_stage"] = {n: {**(r.get("usage") or {}), "by_role": r.get("by_role", {})}
                           for n, r in stages.items() if r.get("usage")}
     return report
@@ -308,7 +308,7 @@ def _result(wf: Workflow, rt: WorkflowRuntime, final: dict[str, Any], rid: str, 
     last_error = stats.get("last_error")
     if last_error is not None and not stats.get("calls_ok") and out.get("answer") is None:
         raise last_error  # not one call succeeded: the error is all there is to report
-    usage = {**_usage(ledger, records), **spend_report(ledger, stats)}
+    usage = _usage(ledger, records, stats)
     result = WorkflowResult(
         answer=out.get("answer"), text=out.get("text", ""), score=out.get("score"), stages=stages,
         usage=usage, budget=ledger.budget.to_dict(), stopped_reason=stopped,

@@ -37,11 +37,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlparse
 
-from testtime.testing.loopback import FaultFn, FaultSchedule
+from testtime.testing.loopback import FaultFn, FaultSchedule, LoopbackHTTP
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "content-length"}
@@ -90,20 +90,6 @@ class Forwarded:
         return replace(self, faults=dict(self.faults), cuts=list(self.cuts))
 
 
-class _Server(ThreadingHTTPServer):
-    request_queue_size = 1024
-    daemon_threads = True
-    block_on_close = False
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that drops its connection (cancelled, cut, timed out) is
-        # expected here; anything else still prints.
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            super().handle_error(request, client_address)
-
-
 def _drop(h: BaseHTTPRequestHandler) -> None:
     h.close_connection = True
     try:
@@ -132,7 +118,7 @@ def _has_content(obj: Any) -> bool:
     return False
 
 
-class FaultProxy:
+class FaultProxy(LoopbackHTTP):
     """Threaded proxy to ``upstream`` (a base URL; its path prefix is kept) with seeded faults.
 
     Args:
@@ -172,14 +158,9 @@ class FaultProxy:
             def do_POST(self) -> None:
                 proxy._handle(self, "POST")
 
-        self._httpd = _Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(Handler)
 
     # ---------------------------------------------------------------- views
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
 
     @property
     def base_url(self) -> str:
@@ -298,8 +279,12 @@ class FaultProxy:
         h.wfile.flush()
         if not count:
             return
+        self._count_relayed(resp.status, usage)
+
+    def _count_relayed(self, status: int, usage: dict[str, int] | None) -> None:
+        """Count one reply relayed in full (its usage, when the upstream gave one)."""
         with self._lock:
-            if resp.status == 200:
+            if status == 200:
                 self._stats.ok += 1
                 if usage is None:
                     self._stats.no_usage += 1
@@ -359,28 +344,7 @@ class FaultProxy:
         except OSError:
             h.close_connection = True
             return
-        with self._lock:
-            if resp.status == 200:
-                self._stats.ok += 1
-                if usage is None:
-                    self._stats.no_usage += 1
-                else:
-                    self._stats.prompt_tokens += usage["prompt_tokens"]
-                    self._stats.completion_tokens += usage["completion_tokens"]
-            else:
-                self._stats.errors += 1
-
-    # ------------------------------------------------------------ lifecycle
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> FaultProxy:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+        self._count_relayed(resp.status, usage)
 
 
 def _iter_events(resp: http.client.HTTPResponse) -> Any:

@@ -153,6 +153,33 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+class LoopbackHTTP:
+    """A threaded HTTP server on 127.0.0.1 (an OS-chosen port) that stops on ``close()`` / exit.
+
+    Subclasses build their request handler class and call :meth:`_serve`.
+    """
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._httpd = _Server(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 class _ClientGone(Exception):
     pass
 
@@ -167,7 +194,7 @@ def prompt_tokens_of(body: dict[str, Any]) -> int:
     return len(str(prompt).split()) + 4
 
 
-class LoopbackOpenAIServer:
+class LoopbackOpenAIServer(LoopbackHTTP):
     """Serves ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` on 127.0.0.1."""
 
     def __init__(
@@ -249,15 +276,9 @@ class LoopbackOpenAIServer:
                     return
                 server._handle(self, body, chat)
 
-        self._httpd = _Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(Handler)
 
     # ---------------------------------------------------------------- views
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
@@ -459,17 +480,6 @@ class LoopbackOpenAIServer:
             self._count(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"])
         self._count(ok=1)
 
-    # ------------------------------------------------------------ lifecycle
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> LoopbackOpenAIServer:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 class _Cut(Exception):
