@@ -22,7 +22,14 @@ from typing import Any
 from testtime.errors import ModelAPIError, TesttimeError, UserError
 
 #: Modules with a ``register(subparsers)`` that add subcommands when present.
-EXTENSIONS = ("testtime.search.cli", "testtime.trace.cli", "testtime.agents.cli")
+EXTENSIONS = (
+    "testtime.search.cli",
+    "testtime.search.tune_cli",
+    "testtime.benchmark.cli",
+    "testtime.trace.cli",
+    "testtime.agents.cli",
+    "testtime.serve.cli",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:
+            # The module (or its package) is not there yet: skip it, but never hide
+            # a missing dependency inside a module that exists.
+            if exc.name is not None and name.startswith(exc.name):
                 continue
             raise
         module.register(sub)
