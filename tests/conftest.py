@@ -23,6 +23,12 @@ if str(_ROOT) not in sys.path:  # so tests can import tests.support.* under --im
 
 SERVER_START_TIMEOUT = 90.0
 
+# The suite runs the embedded model in-process while a llama_cpp.server, the
+# sandbox or a gateway may share the same cores; two llama.cpp threads each
+# oversubscribe a 2-core machine and decoding slows 10-70x. One thread keeps the
+# tests' wall time stable. Users get the machine's cores by default.
+os.environ.setdefault("TESTTIME_THREADS", "1")
+
 
 def free_port() -> int:
     with socket.socket() as s:

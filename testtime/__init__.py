@@ -31,6 +31,7 @@ from testtime.models import (
     set_price,
 )
 from testtime.search import Candidate, Problem, SearchResult, SearchStrategy, make_strategy
+from testtime.thinking import ThinkingModel, ThinkingPolicy, with_thinking
 from testtime.trace import JsonlWriter, TraceEvent, Tracer
 from testtime.verifiers import ProcessRewardModel, Verdict, Verifier, extract_answer
 
@@ -55,5 +56,5 @@ __all__ = [
     "ScriptedModel", "Stage", "Workflow", "WorkflowResult", "load_task",
     "SearchResult", "SearchStrategy", "TesttimeError", "TraceEvent", "Tracer", "Usage", "UserError",
     "Verdict", "Verifier", "__version__", "arun", "extract_answer", "load_model", "make_strategy",
-    "run", "set_price",
+    "run", "set_price", "ThinkingModel", "ThinkingPolicy", "with_thinking",
 ]

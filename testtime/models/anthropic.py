@@ -2,7 +2,10 @@
 
 * ``n > 1`` fans out as concurrent calls (the API samples one reply per call).
 * ``request.prefix`` becomes an assistant prefill: the reply continues it.
-* ``request.thinking_budget`` turns on extended thinking with that budget.
+* ``request.thinking_budget`` turns on extended thinking with that budget
+  (``max_tokens`` = answer + thinking budget); thinking arrives on its own
+  channel, is billed as output, and its tokens are ``usage.reasoning_tokens``
+  (the API's count when it gives one, else output minus the answer's estimate).
 * ``temperature`` / ``top_p`` are sent when the installed SDK still accepts
   them (recent SDKs removed them; the API's defaults apply then).
 * No logprobs: :attr:`Capabilities.logprobs` is False and a request asking
@@ -253,6 +256,12 @@ class AnthropicModel(Model):
             raise ModelAPIError(f"{self.spec}: stream cut: the stream ended before the reply finished",
                                 retryable=True, backend="anthropic")
         out = "".join(text)
+        if usage is not None and thinking and not usage.reasoning_tokens:
+            # The API bills thinking as output but does not count it apart (and
+            # may return a summary, not the thinking billed): output minus an
+            # estimate of the answer's tokens (~4 bytes each) is the thinking part.
+            answer_est = -(-len(out.encode()) // 4)
+            usage = replace(usage, reasoning_tokens=max(usage.output_tokens - answer_est, 0))
         if dropped and out.startswith(dropped):
             out = out[len(dropped):]
         elif dropped and out[:1].isspace():

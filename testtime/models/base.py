@@ -32,7 +32,11 @@ class GenerationRequest:
     ``{"role", "content"}`` dicts, system included). ``prefix`` is text the
     assistant's reply must continue from (partial solutions in step-level
     search); generated text excludes it. ``thinking_budget`` asks reasoning
-    backends (Anthropic extended thinking) for that many thinking tokens.
+    backends (Anthropic extended thinking, OpenAI reasoning models) for that
+    many thinking tokens on top of ``max_tokens`` (the answer);
+    ``reasoning_effort`` is OpenAI's knob (None: from the budget).
+    ``thinking`` (a :class:`testtime.thinking.ThinkingPolicy`) runs this one
+    request under a thinking/answer split on any backend.
     """
 
     prompt: str | None = None
@@ -49,6 +53,8 @@ class GenerationRequest:
     top_logprobs: int = 0
     thinking_budget: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    reasoning_effort: str | None = None
+    thinking: Any = None  # a testtime.thinking.ThinkingPolicy (Any: that module imports this one)
 
     def __post_init__(self) -> None:
         if self.prompt is None and not self.messages:
@@ -214,11 +220,19 @@ class Model(abc.ABC):
         :class:`~testtime.errors.ModelAPIError`; cancellation (closing the
         iterator) must stop the request.
         """
+        yield await self.stream_end(request)
+
+    async def stream_end(self, request: GenerationRequest) -> StreamEnd:
+        """What the default :meth:`stream` yields: the whole attempt as one :class:`StreamEnd`.
+
+        The spend path awaits it directly for backends that do not override
+        :meth:`stream` (no async generator per call).
+        """
         gens = await self.generate(request)
         usage = total_usage(gens)
         # A native-n backend answered in one request; a fan-out sent one per sample.
         calls = 1 if self.capabilities.native_n else max(usage.calls, 1)
-        yield StreamEnd(generations=gens, usage=replace(usage, calls=calls))
+        return StreamEnd(generations=gens, usage=usage if usage.calls == calls else replace(usage, calls=calls))
 
     async def _limited(self, request: GenerationRequest) -> Generation:
         loop = asyncio.get_running_loop()
@@ -253,10 +267,27 @@ class Model(abc.ABC):
             return exact + overhead
         return request.text_length() + overhead
 
+    def fit_size(self, request: GenerationRequest) -> int:
+        """The knob budget fitting turns down when a request does not fit: ``max_tokens`` here.
+
+        Wrappers whose cost is set by something else (a thinking policy's
+        thinking budget) override this and :meth:`resized`.
+        """
+        return request.max_tokens
+
+    def resized(self, request: GenerationRequest, size: int) -> GenerationRequest:
+        """``request`` with its :meth:`fit_size` knob set to ``size``."""
+        return request.with_(max_tokens=size)
+
     def worst_case(self, request: GenerationRequest) -> Usage:
         """The most this request can cost: what the ledger reserves."""
+        if request.thinking is not None:  # a per-request thinking policy: thinking + answer
+            from testtime.thinking import worst_case as thinking_worst_case
+
+            return thinking_worst_case(self, request, request.thinking)
         inp = self.input_upper_bound(request)
-        calls_in = inp * (1 if self.capabilities.native_n else request.n)
+        native = self.capabilities.native_n
+        calls_in = inp * (1 if native else request.n)
         out = request.n * request.max_tokens
         if request.thinking_budget:
             out += request.n * request.thinking_budget
@@ -264,7 +295,7 @@ class Model(abc.ABC):
             input_tokens=calls_in,
             output_tokens=out,
             # A fan-out sends one request per sample; `calls` counts requests.
-            calls=1 if self.capabilities.native_n else request.n,
+            calls=1 if native else request.n,
             # max_cost: the dearest input rate, whatever part is cached or written to the cache.
             usd=self.price.max_cost(calls_in, out),
         )
@@ -290,6 +321,8 @@ class Model(abc.ABC):
 
 def total_usage(generations: Sequence[Generation], *, calls: int | None = None) -> Usage:
     """Sum of the generations' usage; ``calls`` overrides the summed call count."""
+    if len(generations) == 1 and calls is None:
+        return generations[0].usage  # Usage is immutable: the sum of one is itself
     total = Usage()
     for g in generations:
         total = total + g.usage

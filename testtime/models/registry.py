@@ -4,11 +4,16 @@
 ``vllm:MODEL``, ``sim`` / ``sim:NAME``, ``scripted`` (echoes a fixed reply,
 for dry runs). Backends are imported lazily so a missing optional SDK only
 matters when that backend is asked for.
+
+A spec may carry backend options after ``?``, URL-query style:
+``local?threads=2``, ``openai:gpt-4o-mini?max_concurrency=16&stream=false``;
+they join (and must agree with) the options passed to :func:`load_model`.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +43,9 @@ BACKENDS: dict[str, BackendInfo] = {
                     "Anthropic Messages API"),
         BackendInfo("vllm", "testtime.models.vllm:load", "vllm:Qwen/Qwen2.5-1.5B-Instruct",
                     "in-process vLLM with prefix caching (GPU)"),
-        BackendInfo("sim", "testtime.sim.policy:load", "sim:strong",
-                    "seeded simulated policy model (benchmarks, dry runs)", needs_name=False),
+        BackendInfo("sim", "testtime.sim.thinking:load_sim", "sim:strong",
+                    "seeded simulated policy model (benchmarks, dry runs); sim:thinking thinks in <think> tags",
+                    needs_name=False),
         BackendInfo("scripted", "testtime.models.registry:_load_scripted", "scripted:REPLY",
                     "fixed reply, for dry runs and tests", needs_name=False),
     ]
@@ -47,8 +53,8 @@ BACKENDS: dict[str, BackendInfo] = {
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
-    """Split ``"backend:name"``; the name may itself contain colons (paths)."""
-    spec = (spec or "").strip()
+    """Split ``"backend:name"`` (options after ``?`` dropped); the name may contain colons (paths)."""
+    spec = split_options((spec or "").strip())[0]
     if not spec:
         raise UserError("empty model spec; try `local`, `openai:gpt-4o-mini` or `sim`")
     backend, sep, name = spec.partition(":")
@@ -64,6 +70,31 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return backend, name
 
 
+_QUERY = re.compile(r"^[A-Za-z_][\w-]*=[^&=]*(?:&[A-Za-z_][\w-]*=[^&=]*)*$")
+
+
+def split_options(spec: str) -> tuple[str, dict[str, str]]:
+    """``"local?threads=2&n_ctx=4096"`` -> ``("local", {"threads": "2", "n_ctx": "4096"})``.
+
+    Only a trailing ``?KEY=VALUE[&KEY=VALUE...]`` counts as options, so a
+    ``scripted:Is it 42?`` reply keeps its question mark.
+
+    Raises:
+        UserError: an option given twice.
+    """
+    base, sep, query = spec.rpartition("?")
+    if not sep or not _QUERY.match(query):
+        return spec, {}
+    options: dict[str, str] = {}
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if key in options:
+            raise UserError(f"option {key!r} given twice in model spec {spec!r}")
+        options[key] = value.strip()
+    return base, options
+
+
 def load_model(spec: str | Model, **options: Any) -> Model:
     """Build the backend a spec names. Options (e.g. ``base_url``) go to it.
 
@@ -72,6 +103,12 @@ def load_model(spec: str | Model, **options: Any) -> Model:
     """
     if isinstance(spec, Model):
         return spec
+    spec, inline = split_options(spec)
+    for key, value in inline.items():
+        if options.get(key) is not None and str(options[key]) != value:
+            raise UserError(f"model option {key} is {value!r} in the spec and {options[key]!r} elsewhere; "
+                            "give it once")
+        options[key] = value
     backend, name = parse_spec(spec)
     module, _, func = BACKENDS[backend].target.partition(":")
     loader = getattr(importlib.import_module(module), func)

@@ -38,18 +38,36 @@ class _FakeBase(Model):
         super().__init__(name, price=price, max_concurrency=max_concurrency)
         self.latency = latency
         self._logprobs = logprobs
+        self._caps: Capabilities | None = None
+        self._input_bounds: dict[tuple[str | None, str | None, str], int] = {}
         self.requests: list[GenerationRequest] = []
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(native_n=False, logprobs=self._logprobs, prefix=True, exact_token_count=True)
+        # Asked several times per call on the spend path: build it once per setting.
+        caps = self._caps
+        if caps is None or caps.logprobs != self._logprobs:
+            caps = self._caps = Capabilities(native_n=False, logprobs=self._logprobs, prefix=True,
+                                             exact_token_count=True)
+        return caps
 
     def count_tokens(self, text: str) -> int:
         return word_tokens(text)
 
     def input_upper_bound(self, request: GenerationRequest) -> int:
+        # Samples of one question share their prompt: count its words once.
+        key = (request.system, request.prompt, request.prefix) if request.messages is None else None
+        if key is not None:
+            hit = self._input_bounds.get(key)
+            if hit is not None:
+                return hit
         text = " ".join(m["content"] for m in request.chat_messages()) + " " + request.prefix
-        return word_tokens(text)
+        bound = word_tokens(text)
+        if key is not None:
+            if len(self._input_bounds) >= 256:
+                self._input_bounds.clear()
+            self._input_bounds[key] = bound
+        return bound
 
     def _finish(self, request: GenerationRequest, text: str, finish: str | None = None) -> Generation:
         # Honour stop sequences and max_tokens the way a real backend would;

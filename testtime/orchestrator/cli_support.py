@@ -3,7 +3,9 @@
 Flags used here: ``--input KEY=VALUE`` (repeatable), ``--resume RUN_ID``,
 ``--model SPEC`` (overrides every stage's model, e.g. ``sim`` for a dry run),
 ``--budget``, ``--seed``, ``--base-url``, ``--verifier`` (used by stages whose
-verifier is ``default``), ``--trace FILE.jsonl``, ``--json``. Checkpoints go
+verifier is ``default``), ``--trace FILE.jsonl``, ``--json``, and the
+``--thinking-*`` flags (over the file's top-level ``thinking:``, key by key;
+a stage's own ``thinking:`` keys still win). Checkpoints go
 to ``$TESTTIME_HOME/checkpoints.sqlite`` (default ``./.testtime``).
 """
 
@@ -76,6 +78,14 @@ def _root_context(args: argparse.Namespace, wf: Workflow, stored: dict[str, Any]
 def run_task_command(args: argparse.Namespace) -> int:
     """Run (or resume) a task file from the CLI; returns the exit status."""
     wf = load_task(args.task)
+    from testtime.cli import thinking_options_of, thinking_policy_of
+
+    if thinking_policy_of(args) is not None:  # the flags alone are checked first (one line, exit 2)
+        wf.thinking_flags = thinking_options_of(args)
+        try:
+            wf.validate()  # and merged with every stage's thinking, before any call
+        except UserError as exc:
+            raise UserError(f"{args.task}: {exc} (with the --thinking-* flags)") from None
     inputs = parse_inputs(getattr(args, "input", []))
     path = default_checkpoint_path()
     stored = None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from testtime.errors import UserError
+from testtime.thinking import ThinkingPolicy
 
 if TYPE_CHECKING:
     from testtime.models.base import Model
@@ -53,6 +54,11 @@ class Stage:
         answer_from: ``"extract"`` (the final answer found in the text) or
             ``"text"`` (the whole text, e.g. code).
         meta: extra Problem metadata (templates allowed), e.g. tests for code.
+        thinking: this stage's thinking policy (docs/thinking.md): a mapping
+            of policy options (``{"thinking_budget": 512}``), merged key by
+            key over the workflow's ``thinking``; a :class:`ThinkingPolicy`
+            (used as it is); ``False`` (no policy for this stage); or None
+            (the workflow's).
     """
 
     name: str
@@ -72,6 +78,7 @@ class Stage:
     refine_prompt: str = DEFAULT_REFINE_PROMPT
     answer_from: str = "extract"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    thinking: Mapping[str, Any] | ThinkingPolicy | bool | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) or self.name == END:
@@ -85,10 +92,66 @@ class Stage:
             raise UserError(f"stage {self.name!r}: max_rounds must be >= 1, got {self.max_rounds}")
         if self.answer_from not in ("extract", "text"):
             raise UserError(f"stage {self.name!r}: answer_from must be 'extract' or 'text'")
+        if self.thinking is not None:
+            try:
+                thinking_options(self.thinking)
+            except UserError as exc:
+                raise UserError(f"stage {self.name!r} thinking: "
+                                f"{str(exc).removeprefix('thinking policy: ')}") from None
         if isinstance(self.after, str):
             object.__setattr__(self, "after", (self.after,))
         else:
             object.__setattr__(self, "after", tuple(self.after))
+
+
+def thinking_options(value: Mapping[str, Any] | ThinkingPolicy | bool | None) -> dict[str, Any] | None:
+    """The policy options of a ``thinking`` setting, checked (None: no setting, or off).
+
+    A mapping is checked key by key (unknown keys and bad values raise
+    UserError naming the key); a :class:`ThinkingPolicy` gives all its
+    fields; ``False`` gives None and means "off"; None gives None.
+    """
+    if value is None or value is False:
+        return None
+    if isinstance(value, ThinkingPolicy):
+        return {"thinking_budget": value.thinking_budget, "answer_budget": value.answer_budget,
+                "min_thinking": value.min_thinking, "max_forcing": value.max_forcing,
+                "notice_every": value.notice_every, "open_tag": value.open_tag, "close_tag": value.close_tag,
+                "answer_cue": value.answer_cue, "wait_cue": value.wait_cue, "mode": value.mode,
+                "reasoning_effort": value.reasoning_effort}
+    if not isinstance(value, Mapping):
+        raise UserError(f"expected a mapping of thinking options (e.g. {{thinking_budget: 512}}) or false, "
+                        f"got {value!r}")
+    out = {str(k): v for k, v in value.items()}
+    for key, v in out.items():
+        ThinkingPolicy.from_options({key: v})  # names the key that is wrong
+    ThinkingPolicy.from_options(out)  # and fields that disagree (min_thinking > thinking_budget)
+    return out
+
+
+def merge_thinking(*layers: Mapping[str, Any] | ThinkingPolicy | bool | None) -> ThinkingPolicy | None:
+    """The policy of layered ``thinking`` settings, later layers winning key by key.
+
+    A :class:`ThinkingPolicy` layer replaces everything before it; a
+    ``False`` layer switches thinking off (a later layer may turn it on
+    again); None layers are skipped.
+
+    Raises:
+        UserError: a layer is invalid, or the merged options disagree.
+    """
+    merged: dict[str, Any] | None = None
+    for layer in layers:
+        if layer is None:
+            continue
+        if layer is False:
+            merged = None
+            continue
+        opts = thinking_options(layer)
+        if isinstance(layer, ThinkingPolicy) or merged is None:
+            merged = dict(opts or {})
+        else:
+            merged.update(opts or {})
+    return None if merged is None else ThinkingPolicy.from_options(merged)
 
 
 #: A condition sees the finished stage's record and the fraction of the

@@ -24,6 +24,7 @@ from testtime.orchestrator.definition import END, Stage
 from testtime.orchestrator.state import DONE, PENDING, RUNNING, SKIPPED, WorkflowRuntime, WorkflowState
 from testtime.search.base import Problem, fit_request, solution_request
 from testtime.search.registry import make_strategy
+from testtime.thinking import ThinkingPolicy, with_thinking
 from testtime.verifiers.answer import extract_answer
 
 Node = Callable[[WorkflowState, Runtime[WorkflowRuntime]], Awaitable[dict[str, Any]]]
@@ -78,6 +79,11 @@ def stage_context(rt: WorkflowRuntime, stage: Stage, record: dict[str, Any]) -> 
     root = rt.root
     ledger = rt.stage_ledger(stage.name, record.get("budget"))
     model = rt.workflow.resolve_model(stage.model, rt)
+    policy = rt.workflow.stage_thinking(stage)
+    if policy is not None:
+        # Every generation of the stage (strategy, refinement) thinks under the
+        # stage's policy, the way `run --thinking-budget` wraps the run's model.
+        model = with_thinking(model, policy)
     ctx = root.derive(
         model=model,
         ledger=ledger,
@@ -148,10 +154,12 @@ def make_solve(stage: Stage) -> Node:
             update.update(status=RUNNING, budget=limits, round=0, started=time.time())
         ctx = stage_context(rt, stage, record)
         if "status" in update:
+            policy = getattr(ctx.model, "policy", None)
             ctx.tracer.emit("stage_start", stage=stage.name, model=ctx.model.spec,
                             strategy=_strategy_name(stage), share=stage.share,
                             budget=record["budget"], after=list(stage.after),
-                            verifier=_verifier_name(rt.verifiers.get(stage.name)))
+                            verifier=_verifier_name(rt.verifiers.get(stage.name)),
+                            **({"thinking": policy.to_dict()} if isinstance(policy, ThinkingPolicy) else {}))
         problem = stage_problem(stage, state)
         strategy = make_strategy(stage.strategy, **dict(stage.strategy_options))
         if strategy.needs_prm and ctx.prm is None:

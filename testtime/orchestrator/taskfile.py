@@ -11,6 +11,7 @@ A task file looks like::
       judge: {spec: "openai:gpt-4o-mini", base_url: "http://127.0.0.1:8000/v1"}
     verifiers:
       check: genrm:judge
+    thinking: {thinking_budget: 512, answer_budget: 128}   # every stage (docs/thinking.md)
     stages:
       - name: plan
         prompt: "Write a short plan for: {inputs.question}"
@@ -23,6 +24,7 @@ A task file looks like::
         strategy: {name: self_consistency, n: 4}
         verifier: check
         max_rounds: 3
+        thinking: {thinking_budget: 2000, min_thinking: 200}  # merged over the top level; false: off
     edges: []                     # extra "a -> b" dependencies
     routes: []                    # [{after: S, cases: [{when: "score >= 0.8", goto: end}], default: T}]
     output: solve
@@ -82,6 +84,7 @@ class StageEntry(_Strict):
     refine_prompt: str | None = None
     answer_from: Literal["extract", "text"] = "extract"
     meta: dict[str, Any] = Field(default_factory=dict)
+    thinking: dict[str, Any] | Literal[False] | None = None
 
 
 class RouteCase(_Strict):
@@ -108,6 +111,7 @@ class TaskFile(_Strict):
     edges: list[str] = Field(default_factory=list)
     routes: list[RouteEntry] = Field(default_factory=list)
     output: str | None = None
+    thinking: dict[str, Any] | None = None
 
 
 _FIELDS: dict[str, type[BaseModel]] = {"": TaskFile, "stages": StageEntry, "models": ModelEntry,
@@ -258,6 +262,7 @@ def build_workflow(task: TaskFile, lines: _Lines, *, file: str = "<task>", defau
         _check_spec(task.model, lambda m: fail(("model",), m))
     from testtime.search.registry import STRATEGIES
 
+    _check_thinking(task.thinking, None, ("thinking",), fail)
     stages = []
     for i, s in enumerate(task.stages):
         loc = ("stages", i)
@@ -275,6 +280,7 @@ def build_workflow(task: TaskFile, lines: _Lines, *, file: str = "<task>", defau
             if d not in names:
                 raise fail((*loc, "after", j) if not isinstance(s.after, str) else (*loc, "after"),
                            f"unknown stage {d!r}; expected one of: {', '.join(names)}")
+        _check_thinking(s.thinking, task.thinking, (*loc, "thinking"), fail)
         kw: dict[str, Any] = {}
         if s.refine_prompt is not None:
             kw["refine_prompt"] = s.refine_prompt
@@ -283,7 +289,8 @@ def build_workflow(task: TaskFile, lines: _Lines, *, file: str = "<task>", defau
                                 strategy_options=options, verifier=s.verifier, prm=s.prm,
                                 search_verifier=s.search_verifier, share=s.share, max_rounds=s.max_rounds,
                                 after=tuple(after), system=s.system, max_tokens=s.max_tokens,
-                                temperature=s.temperature, answer_from=s.answer_from, meta=s.meta, **kw))
+                                temperature=s.temperature, answer_from=s.answer_from, meta=s.meta,
+                                thinking=s.thinking, **kw))
         except UserError as exc:
             raise fail(loc, str(exc)) from None
     edges = []
@@ -318,7 +325,7 @@ def build_workflow(task: TaskFile, lines: _Lines, *, file: str = "<task>", defau
                                                   f"`verifiers` or a spec like math, code, genrm:MODEL")
     wf = Workflow(task.name or default_name, models=models, model=task.model, verifiers=dict(task.verifiers),
                   budget=_budget(task.budget, fail), seed=task.seed, inputs=task.inputs, output=task.output,
-                  stages=stages, edges=edges, routes=routes)
+                  stages=stages, edges=edges, routes=routes, thinking=task.thinking)
     try:
         wf.validate()
     except UserError as exc:
@@ -341,6 +348,38 @@ def build_workflow(task: TaskFile, lines: _Lines, *, file: str = "<task>", defau
                 break
         raise fail(loc, msg) from None
     return wf
+
+
+def _check_thinking(value: dict[str, Any] | bool | None, base: dict[str, Any] | None,
+                    loc: tuple[Any, ...], fail: Any) -> None:
+    """Check a ``thinking:`` mapping (merged over ``base``), failing at the key that is wrong."""
+    from testtime.orchestrator.definition import merge_thinking
+    from testtime.thinking import OPTION_NAMES, ThinkingPolicy
+
+    if not value:  # None, false (off) or {}
+        return
+    for key, v in value.items():
+        if key not in OPTION_NAMES:
+            raise fail((*loc, key), f"unknown thinking option; expected one of: {', '.join(OPTION_NAMES)}")
+        try:
+            ThinkingPolicy.from_options({key: v})
+        except UserError as exc:
+            raise fail((*loc, key), _policy_msg(exc)) from None
+    try:
+        merge_thinking(base, value)
+    except UserError as exc:
+        # Fields that disagree: point at the first one the message names that this mapping sets.
+        msg = str(exc)
+        named = sorted((m.start(), k) for k in OPTION_NAMES if (m := re.search(rf"\b{k}\b", msg)))
+        mine = [k for _, k in named if k in value]
+        inherited = base and any(k not in value for _, k in named)
+        raise fail((*loc, mine[0]) if mine else loc, _policy_msg(exc)
+                   + (" (with the top-level `thinking:`)" if inherited else "")) from None
+
+
+def _policy_msg(exc: UserError) -> str:
+    msg = str(exc)
+    return msg.removeprefix("thinking policy: ").removeprefix("thinking option ")
 
 
 def _budget(value: Any, fail: Any) -> Any:

@@ -34,8 +34,9 @@ from testtime.context import RunContext
 from testtime.errors import UserError
 from testtime.models.base import Model
 from testtime.orchestrator import nodes, template
-from testtime.orchestrator.definition import END, Route, Stage
+from testtime.orchestrator.definition import END, Route, Stage, merge_thinking, thinking_options
 from testtime.orchestrator.state import WorkflowRuntime, WorkflowState
+from testtime.thinking import ThinkingPolicy
 from testtime.trace.events import TraceEvent, Tracer
 
 if TYPE_CHECKING:
@@ -98,6 +99,14 @@ class Workflow:
             given, templates may only use declared inputs.
         output: the stage whose answer is the workflow's answer (default:
             the last stage, in definition order, that finished).
+        thinking: the thinking policy of every stage (docs/thinking.md): a
+            mapping of policy options or a ThinkingPolicy; a stage's own
+            ``thinking`` is merged over it key by key.
+
+    Attribute ``thinking_flags`` (options mapping, default None) is a
+    run-level layer between the two, set by ``testtime run --task`` from the
+    ``--thinking-*`` flags; like ``--model`` it is not part of the
+    definition's fingerprint.
     """
 
     def __init__(self, name: str = "workflow", *, models: Mapping[str, str | Model] | None = None,
@@ -105,8 +114,15 @@ class Workflow:
                  budget: str | Budget | None = None, seed: int | None = None,
                  inputs: Mapping[str, Any] | Iterable[str] | None = None,
                  output: str | None = None, stages: Iterable[Stage] = (),
-                 edges: Iterable[tuple[str, str]] = (), routes: Iterable[Route] = ()) -> None:
+                 edges: Iterable[tuple[str, str]] = (), routes: Iterable[Route] = (),
+                 thinking: Mapping[str, Any] | ThinkingPolicy | None = None) -> None:
         self.name = name
+        try:
+            thinking_options(thinking)  # a bad policy fails here, not at the first stage
+        except UserError as exc:
+            raise UserError(f"workflow {name!r} thinking: {str(exc).removeprefix('thinking policy: ')}") from None
+        self.thinking = thinking
+        self.thinking_flags: Mapping[str, Any] | None = None
         self.models: dict[str, str | Model] = dict(models or {})
         self.default_model = model
         self.verifiers: dict[str, Any] = dict(verifiers or {})
@@ -153,6 +169,21 @@ class Workflow:
             raise UserError(f"stage {r.after!r} has two routes; merge their cases")
         self.routes[r.after] = r
         return self
+
+    def stage_thinking(self, stage: Stage) -> ThinkingPolicy | None:
+        """The thinking policy of ``stage``'s generations (None: none).
+
+        Layers, later winning key by key: the workflow's ``thinking``, the
+        run's ``thinking_flags``, the stage's own ``thinking`` (``False``
+        there: none).
+
+        Raises:
+            UserError: the merged options disagree, naming the stage.
+        """
+        try:
+            return merge_thinking(self.thinking, self.thinking_flags, stage.thinking)
+        except UserError as exc:
+            raise UserError(f"stage {stage.name!r} thinking: {str(exc).removeprefix('thinking policy: ')}") from None
 
     def dependencies(self) -> dict[str, list[str]]:
         """stage -> the stages it waits for (``after`` + edges + route sources)."""
@@ -209,6 +240,7 @@ class Workflow:
                     template.check(v, inputs=declared, stages=ancestors[name], where=f"stage {name!r} meta.{k}")
             if isinstance(s.model, str) and s.model not in self.models:
                 load_spec_check(s.model, f"stage {name!r} model")
+            self.stage_thinking(s)
         self.check_specs()
 
     def check_specs(self) -> None:
@@ -283,7 +315,9 @@ class Workflow:
         resume with a different fingerprint is refused (the name is left out:
         a renamed file resumes).
         """
-        blob = {"stages": {n: {k: _plain(getattr(s, k)) for k in s.__slots__}  # type: ignore[attr-defined]
+        # ``thinking`` only when set, so definitions without it hash as before it existed.
+        blob = {"stages": {n: {k: _plain(getattr(s, k)) for k in s.__slots__  # type: ignore[attr-defined]
+                               if k != "thinking" or s.thinking is not None}
                            for n, s in self.stages.items()},
                 "deps": self.dependencies(),
                 "routes": {src: {"cases": [[_plain(c), t] for c, t in r.cases], "default": r.default}
@@ -291,6 +325,8 @@ class Workflow:
                 "models": _plain(self.models), "model": _plain(self.default_model),
                 "verifiers": _plain(self.verifiers), "budget": _plain(self.budget), "seed": self.seed,
                 "inputs": _plain(self.inputs), "output": self.output}
+        if self.thinking is not None:
+            blob["thinking"] = _plain(self.thinking)
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=repr).encode()).hexdigest()[:16]
 
     def build_graph(self) -> StateGraph:

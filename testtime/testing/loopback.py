@@ -26,6 +26,11 @@ Adversarial modes (keyword arguments, all off by default):
   seconds; a schedule brings its own.
 * ``chunk_delay``: seconds between SSE chunks (so a client can act mid-stream).
 
+``honor_stop=True`` ends each reply at the first of the request's ``stop``
+strings (``finish_reason: "stop"``), as real servers do; with a ``reply``
+function of the request that thinks in ``<think>`` tags, that makes a
+think-tag model a thinking policy can cut (tests/core/test_thinking.py).
+
 What the server did is counted under a lock in :attr:`served` (a
 :class:`Served` snapshot): requests received, responses completed, faults by
 kind, the usage it *reported*, and the honest counts (prompt processed and
@@ -212,7 +217,9 @@ class LoopbackOpenAIServer(LoopbackHTTP):
         chunk_delay: float = 0.0,
         stall: float = 0.3,
         retry_after: float = 0.05,
+        honor_stop: bool = False,
     ) -> None:
+        self.honor_stop = honor_stop
         self.latency = latency
         self.reply = reply
         self.model = model
@@ -353,6 +360,11 @@ class LoopbackOpenAIServer(LoopbackHTTP):
             n = max(min(n, self.choices_cap), 1)
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
         text = self.reply(body) if callable(self.reply) else self.reply
+        stops = body.get("stop") or []
+        if self.honor_stop and stops:
+            cuts = [i for s in ([stops] if isinstance(stops, str) else stops) if s and (i := text.find(s)) >= 0]
+            if cuts:
+                text = text[: min(cuts)]
         words = text.split() or ["ok"]
         finish = "stop"
         if len(words) > max_tokens:
