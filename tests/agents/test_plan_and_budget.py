@@ -56,11 +56,22 @@ async def test_harder_subquestions_get_more_tokens_and_answers_compose():
     assert all(u <= a for u, a in zip(used, alloc, strict=True))  # each answer stayed in its share
 
 
-async def test_uniform_schedule_splits_evenly_at_first():
-    res = await arun("What is 3*4+5?", model=_model(), strategy=PlanAndBudget("uniform"), budget="tokens=1500")
-    a = res.stats["allocated_tokens"]
-    # The first share is a third of the pool; later ones get the rollover too.
-    assert a[1] >= a[0] and a[2] >= a[0]
+@pytest.mark.parametrize("schedule", ["uniform", "proportional", "decaying"])
+async def test_each_share_is_the_schedule_s_fraction_of_what_is_left(schedule):
+    res = await arun("What is 3*4+5?", model=_model(), strategy=PlanAndBudget(schedule), budget="tokens=1500")
+    a, used = res.stats["allocated_tokens"], res.stats["used_tokens"]
+    weights = schedule_weights([1, 4, 2], schedule, 0.7)
+    # The pool is what the plan left, minus the composition's reserve; each
+    # sub-question gets its weight's fraction of what is left of it then.
+    pool = 1500 - res.usage["by_role"]["plan"]["tokens"] - 96
+    for i in range(3):
+        assert a[i] == int(pool * weights[i] / sum(weights[i:])), (schedule, i, a, pool)
+        pool -= used[i]
+    if schedule == "uniform":
+        # Even thirds at first; the second gets half of what is left, so what
+        # the first left unused rolls over.
+        assert a[0] == int((1500 - res.usage["by_role"]["plan"]["tokens"] - 96) / 3)
+        assert used[0] < a[0] and a[1] > a[0]
 
 
 @settings(max_examples=25, deadline=None)

@@ -253,3 +253,67 @@ def test_loopback_http_adversarial_modes_never_overspend_or_leak(lim, mode, seed
     if cancel_rate == 0:
         assert used.input_tokens >= served.prompt_tokens
         assert used.output_tokens >= max(served.completion_tokens, served.honest_completion_tokens)
+
+
+# ------------------------------------------------------ multi-call strategies
+STRATEGY_CASES = ("solve_detect_verify:stream", "solve_detect_verify:chunks", "plan_and_budget:uniform",
+                  "plan_and_budget:proportional")
+
+
+def _strategy(case: str) -> Any:
+    from testtime.agents.plan_and_budget import PlanAndBudget
+    from testtime.search.solve_detect_verify import SolveDetectVerify
+
+    name, opt = case.split(":")
+    if name == "solve_detect_verify":
+        return SolveDetectVerify(mode=opt, chunk_tokens=8, max_revisions=3)
+    return PlanAndBudget(opt, plan_tokens=24, compose_tokens=16)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lim=limits,
+    kinds=st.sets(st.sampled_from(KINDS), min_size=1, max_size=3),
+    case=st.sampled_from(STRATEGY_CASES),
+    seed=st.integers(0, 10_000),
+    use_child=st.booleans(),
+)
+def test_solve_detect_verify_and_plan_and_budget_never_overspend_or_leak(lim, kinds, case, seed, use_child):
+    """The strategies that make many dependent calls (a streamed attempt cut
+    at its completion point, revisions, per-sub-question child ledgers) keep
+    the same invariant against the adversarial backends."""
+    from testtime.search.base import Problem
+    from testtime.verifiers.scripted import ScriptedVerifier
+
+    rng = random.Random(seed)
+    models = [_make(k, seed + i, rng) for i, k in enumerate(sorted(kinds))]
+    for m in models:
+        # A stated answer, then hesitation: the detector's completion point.
+        m.reply = rng.choice(["1. [2] first part\n2. [4] second part", "So the answer is 42. Wait, let me " + m.reply,
+                              m.reply + " The answer is 41."])
+    root = BudgetLedger(Budget(**lim))
+    ledger = root.share(0.7, name="stage") if use_child and not root.budget.is_unlimited() else root
+    seen = _watch_reservations(ledger)
+    ctx = RunContext(model=models[0], ledger=ledger, max_tokens=48,
+                     verifier=ScriptedVerifier(reference=True, tokens_per_call=rng.choice([0, 5])))
+    problem = Problem(question="What is 40 + 2?", answer="42")
+
+    async def main() -> Any:
+        return await asyncio.wait_for(_strategy(case).search(problem, ctx), HANG_AFTER_S)
+
+    result = asyncio.run(main())
+    assert result.stopped_reason in ("done", "budget_exhausted", "verified")
+    over = any(isinstance(m, OverReporting) and m.log.over_reports for m in models)
+    _check_invariant(root, ledger, seen, over_reporter_involved=over)
+    # What the policy model was billed (the verifier charges its own role).
+    policy = [u for role, u in ledger.usage_by_role().items() if role != "verify"]
+    used_in = sum(u.input_tokens for u in policy)
+    used_out = sum(u.output_tokens for u in policy)
+    billed = models[0].log.billed
+    assert used_in >= billed.input_tokens and used_out >= billed.output_tokens, (used_in, used_out, billed)
+    if models[0].reports_honestly:
+        # Exact, except that a stream closed right after a delta counts that
+        # delta as received while the fake bills it only once its yield
+        # returns: at most one token per call over.
+        assert used_in == billed.input_tokens
+        assert billed.output_tokens <= used_out <= billed.output_tokens + ledger.usage.calls

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from tests.support.step_fakes import PROBLEM, make_ctx, within_budget
-from testtime.models.scripted import ScriptedModel
+from testtime.models.scripted import FunctionModel, ScriptedModel
 from testtime.search.astar import AStar, step_cost
 from testtime.verifiers.scripted import ScriptedPRM, ScriptedVerifier
 
@@ -37,10 +35,13 @@ async def test_expansion_order_follows_f() -> None:
         "X-route", "Y-route", "X-bad-1", "X-bad-2", "Y-good", "Y-meh",
         "The answer is 5.", "The answer is 7."]
     c = step_cost
-    assert tree.nodes[1]["f"] == pytest.approx(2 * c(0.9))
-    assert tree.nodes[3]["f"] == pytest.approx(c(0.9) + 2 * c(0.3))
-    assert tree.nodes[5]["f"] == pytest.approx(c(0.5) + 2 * c(0.95))
-    assert tree.nodes[7]["f"] == pytest.approx(c(0.5) + c(0.95) + 2 * c(0.9))
+    # aggregation="last": h is the newest step's cost, g the steps before it,
+    # so f is the path's cost with every step counted once.
+    assert tree.nodes[1]["f"] == pytest.approx(c(0.9)) and tree.nodes[1]["g"] == 0.0
+    assert tree.nodes[3]["f"] == pytest.approx(c(0.9) + c(0.3))
+    assert tree.nodes[3]["g"] == pytest.approx(c(0.9)) and tree.nodes[3]["h"] == pytest.approx(c(0.3))
+    assert tree.nodes[5]["f"] == pytest.approx(c(0.5) + c(0.95))
+    assert tree.nodes[7]["f"] == pytest.approx(c(0.5) + c(0.95) + c(0.9))
     # x (0.21) < y (1.39) < Y-good (0.79, pushed after y) ; x's children (2.5, 3.3) wait.
     assert result.stats["expansion_order"] == [0, 1, 2, 5]
     assert result.stats["popped"] == [0, 1, 2, 5, 7]
@@ -50,18 +51,63 @@ async def test_expansion_order_follows_f() -> None:
     assert result.stats["prm_calls"] == prm.calls == 8
 
 
-async def test_weights_change_the_order() -> None:
-    # With h ignored, x's children (g = 1.31) still lose to y (0.69), but Y-good (0.74) then
-    # X-bad-1 (1.31) vs Y-meh (1.20): same order; with g ignored, Y-good (h=0.05) wins over y.
+async def test_ignoring_h_changes_the_expansion_order() -> None:
     ctx = make_ctx(order_model(), prm=ScriptedPRM(ORDER_PRM))
-    result = await AStar(expand_k=2, g_weight=0.0).search(PROBLEM, ctx)
-    assert result.stats["expansion_order"] == [0, 1, 2, 5]
-    assert math.isclose(result.tree.nodes[3]["f"], step_cost(0.3))
-    assert math.isclose(result.tree.nodes[7]["f"], step_cost(0.9))
-    # h ignored: f = g alone (uniform-cost search over -log step scores).
+    default = await AStar(expand_k=2).search(PROBLEM, ctx)
+    assert default.stats["expansion_order"] == [0, 1, 2, 5]
+    # h ignored: f = g alone (uniform-cost search over -log step scores): the
+    # two first steps tie at g = 0 and x's children (g = c(0.9)) are expanded
+    # before Y-good, which the default reached third.
     ctx = make_ctx(order_model(), prm=ScriptedPRM(ORDER_PRM))
-    result = await AStar(expand_k=2, h_weight=0.0).search(PROBLEM, ctx)
-    assert math.isclose(result.tree.nodes[7]["f"], step_cost(0.5) + step_cost(0.95) + step_cost(0.9))
+    uniform = await AStar(expand_k=2, h_weight=0.0).search(PROBLEM, ctx)
+    order = uniform.stats["expansion_order"]
+    assert order[:4] == [0, 1, 2, 3] and order != default.stats["expansion_order"]
+    assert all(uniform.tree.nodes[n]["h"] == 0.0 for n in uniform.tree.nodes if n)
+    # A heavier g makes x's sure-but-wrong children cheaper than y's subtree.
+    ctx = make_ctx(order_model(), prm=ScriptedPRM(ORDER_PRM))
+    heavy = await AStar(expand_k=2, g_weight=3.0).search(PROBLEM, ctx)
+    assert heavy.stats["expansion_order"][:4] == [0, 1, 2, 3]
+    assert heavy.tree.nodes[5]["f"] == pytest.approx(3 * step_cost(0.5) + step_cost(0.95))
+
+
+async def test_nodes_carry_f_g_h_in_the_trace() -> None:
+    from testtime.trace.events import Tracer
+
+    events: list = []
+    ctx = make_ctx(order_model(), prm=ScriptedPRM(ORDER_PRM), tracer=Tracer("t", [events.append]))
+    result = await AStar(expand_k=2).search(PROBLEM, ctx)
+    scored = {}
+    for e in events:
+        if e.kind == "node_scored":
+            scored.setdefault(e.data["node"], {}).update(e.data)
+    for n in result.tree.nodes:
+        if n == 0:
+            continue
+        got = scored[n]
+        assert isinstance(got["score"], float)
+        assert got["f"] == pytest.approx(got["g"] + got["h"]) == pytest.approx(result.tree.nodes[n]["f"])
+
+
+def finishing_model() -> FunctionModel:
+    # Step requests (stop at the delimiter) never finish; a completion does,
+    # after 200 words: a completion squeezed into leftover budget is cut
+    # before its answer, so only room kept in advance gets one.
+    def reply(request) -> str:
+        if request.stop:
+            return "keep working on it\n\n"
+        return "keep working on it\n\n" + "still working " * 100 + "so the answer is 5."
+    return FunctionModel(reply)
+
+
+@pytest.mark.parametrize("tokens", [1500, 2500, 4000])
+async def test_astar_finishes_its_path_under_a_tight_budget(tokens: int) -> None:
+    ctx = make_ctx(finishing_model(), prm=ScriptedPRM({}, default=0.6), budget=f"tokens={tokens}")
+    result = await AStar(expand_k=2, max_steps=50).search(PROBLEM, ctx)
+    assert within_budget(ctx)
+    assert result.stats["expansions"] >= 1  # it searched, then kept room to finish
+    assert result.answer == "5" and result.text.endswith("so the answer is 5.")
+    assert result.stopped_reason == "budget_exhausted"
+    assert result.stats["completion_margin"] > 0
 
 
 async def test_terminal_that_fails_the_check_is_skipped() -> None:

@@ -65,15 +65,19 @@ async def test_probe_lookahead_changes_weights_as_expected() -> None:
     ctx = make_ctx(model, prm=prm)
     tree = SearchTree(ctx)
     p, q = tree.add(0, "P-state", score=0.5), tree.add(0, "Q-state", score=0.5)
-    epf = EntropicParticleFilter(alpha=0.5, lookahead_mode="probe", lookahead_tokens=7, anneal=False)
+    epf = EntropicParticleFilter(alpha=0.5, lookahead_tokens=7, anneal=False)
+    assert epf.lookahead_mode == "successor"  # the paper's Look-ahead Modulation is the default
     stats: dict = {}
     slots = [p, q, p]
     scores = await epf._modulate(PROBLEM, ctx, tree, slots, [0.5, 0.5, 0.5], stats)
     assert scores == pytest.approx([0.7, 0.3, 0.7])
     assert tree[p]["lookahead_score"] == 0.9 and tree[q]["lookahead_score"] == 0.1
-    assert stats["lookaheads"] == 2 and stats["prm_calls"] == 2  # one probe per distinct state
-    assert [r.max_tokens for r in model.requests] == [7, 7]
-    assert list(tree.graph.nodes) == [0, p, q]  # probes are not kept as steps
+    # One successor per particle (3), asked for as one n=k request per node
+    # (2); the PRM scores each distinct successor once (2).
+    assert stats["lookaheads"] == 3 and stats["lookahead_requests"] == 2 and stats["prm_calls"] == 2
+    assert [r.max_tokens for r in model.requests] == [7, 7, 7]  # the fake fans n=2 out
+    assert ctx.ledger.usage_by_role()["lookahead"].calls == 3  # billed, under its own role
+    assert list(tree.graph.nodes) == [0, p, q]  # successors are not kept as steps
     w_plain = epf._weights([0.5, 0.5, 0.5], 0, stats)
     w_mod = epf._weights(scores, 0, stats)
     assert w_plain == pytest.approx([1 / 3] * 3)
@@ -85,42 +89,84 @@ async def test_probe_lookahead_changes_weights_as_expected() -> None:
 
 
 def trap_model() -> ScriptedModel:
-    # The PRM loves the first step of a route that ends wrong (overconfident early).
-    return ScriptedModel({"Trap-route": ["The answer is 7."], "Sound-route": ["The answer is 5."],
-                          "*": ["Trap-route first\n\n", "Sound-route first\n\n"]})
+    # Every particle shares step 1 ("Setup"); step 2 splits into a route the
+    # PRM loves (Trap, 0.99) and one it doubts (Sound, 0.2). Only step 3
+    # tells them apart (trap-3: 0.01, sound-3: 0.95) -- one step *beyond*
+    # the step-2 states that the first real resampling chooses between.
+    return ScriptedModel({"sound-3": ["The answer is 5."], "trap-3": ["The answer is 7."],
+                          "Sound-route": ["sound-3 check\n\n"], "Trap-route": ["trap-3 check\n\n"],
+                          "Setup": ["Trap-route step\n\n", "Sound-route step\n\n"],
+                          "*": ["Setup step\n\n"]})
 
 
-TRAP_PRM = {"answer is 5": 0.95, "answer is 7": 0.05, "Trap-route": 0.99, "Sound-route": 0.6}
+TRAP_PRM = {"answer is 5": 0.95, "answer is 7": 0.05, "sound-3": 0.95, "trap-3": 0.01,
+            "Trap-route": 0.99, "Sound-route": 0.2, "Setup": 0.5}
 
 
-async def test_entropic_pf_escapes_the_early_trap_that_pf_falls_into() -> None:
-    ctx = make_ctx(trap_model(), prm=ScriptedPRM(TRAP_PRM), seed=0)
-    plain = await ParticleFilter(n_particles=4).search(PROBLEM, ctx)
-    assert plain.answer == "7"  # all particles resampled onto the trap
+def _weights_at_the_split(events: list) -> dict[str, float]:
+    """Total resampling weight on the Trap and Sound step-2 states (node_scored)."""
+    nodes: dict[int, str] = {}
+    out = {"Trap": 0.0, "Sound": 0.0}
+    for e in events:
+        if e.kind == "node_added":
+            nodes[e.data["node"]] = e.data["text"]
+        elif e.kind == "node_scored" and "weight" in e.data:
+            text = nodes.get(e.data["node"], "")
+            for key in out:
+                if text.startswith(key + "-route"):
+                    out[key] += e.data["weight"]
+    return out
 
-    ctx = make_ctx(trap_model(), prm=ScriptedPRM(TRAP_PRM), seed=0)
-    result = await EntropicParticleFilter(n_particles=4).search(PROBLEM, ctx)
-    assert result.answer == "5"
-    # Round 0 does not resample (every particle still judges the root); in
-    # round 1 each step-1 state is judged by the step its particle drew next,
-    # and the trap's successor gives it away.
-    assert result.stats["lookaheads"] == 4
+
+async def _run(strategy, seed: int) -> tuple[object, dict[str, float], object]:
+    from testtime.trace.events import Tracer
+
+    events: list = []
+    ctx = make_ctx(trap_model(), prm=ScriptedPRM(TRAP_PRM, aggregation="last"), seed=seed,
+                   tracer=Tracer("t", [events.append]))
+    result = await strategy.search(PROBLEM, ctx)
+    return result, _weights_at_the_split(events), ctx
+
+
+async def test_lookahead_changes_which_particles_survive_and_two_step_average_does_not() -> None:
+    # Annealing off: this is about look-ahead alone.
+    # Look-ahead judges Trap by its successor (0.5*0.99 + 0.5*0.01 = 0.50) and
+    # Sound by its own (0.5*0.2 + 0.5*0.95 = 0.575): Sound takes the larger
+    # share of the weight at the split, and its particles survive.
+    result, w, ctx = await _run(EntropicParticleFilter(n_particles=4, anneal=False), seed=0)
+    assert w["Sound"] > w["Trap"] and w["Sound"] > 0.5
+    assert result.stats["lookaheads"] >= 4
+    assert ctx.ledger.usage_by_role()["lookahead"].calls >= 4  # successors are paid for
     assert within_budget(ctx)
-    assert "lookahead" not in ctx.ledger.usage_by_role()  # reused: no extra generation
+    # Two-step averaging sees nothing beyond the step-2 states: it weights
+    # (0.5 + 0.99) / 2 against (0.5 + 0.2) / 2 and gives Trap the lion's share.
+    cheap, w_cheap, ctx = await _run(
+        EntropicParticleFilter(n_particles=4, anneal=False, lookahead_mode="two_step_average"), seed=0)
+    assert w_cheap["Trap"] > 0.75 > w_cheap["Sound"]
+    assert "lookahead" not in ctx.ledger.usage_by_role()  # it generates nothing extra
+    # Plain PF puts ~99% on Trap.
+    plain, w_plain, _ = await _run(ParticleFilter(n_particles=4), seed=0)
+    assert w_plain["Trap"] > 0.95
+    # Over seeds, what survives decides the answer.
+    wins = {"successor": 0, "two_step_average": 0, "pf": 0}
+    for seed in range(12):
+        wins["successor"] += (await _run(EntropicParticleFilter(n_particles=4, anneal=False), seed))[0].answer == "5"
+        wins["two_step_average"] += (await _run(EntropicParticleFilter(
+            n_particles=4, anneal=False, lookahead_mode="two_step_average"), seed))[0].answer == "5"
+        wins["pf"] += (await _run(ParticleFilter(n_particles=4), seed))[0].answer == "5"
+    # Measured: 12 / 7 / 0 of 12.
+    assert wins["successor"] >= 11 and wins["two_step_average"] <= 9 and wins["pf"] <= 2, wins
 
-    ctx = make_ctx(trap_model(), prm=ScriptedPRM(TRAP_PRM), seed=0)
-    probe = await EntropicParticleFilter(n_particles=4, lookahead_mode="probe").search(PROBLEM, ctx)
-    assert probe.answer == "5" and probe.stats["lookaheads"] == 4
-    assert ctx.ledger.usage_by_role()["lookahead"].calls == 4  # probe-and-discard pays per state
 
-    # Annealing alone: round 0's weights (entropy 0.56 < 0.8) are flattened so
-    # sound particles survive the first resampling.
-    ctx = make_ctx(trap_model(), prm=ScriptedPRM(TRAP_PRM), seed=0)
-    annealed = await EntropicParticleFilter(n_particles=4, lookahead=False).search(PROBLEM, ctx)
-    assert annealed.answer == "5"
-    first = annealed.stats["annealed"][0]
-    assert first["round"] == 0 and first["entropy_before"] < first["threshold"] == pytest.approx(0.8)
-    assert first["entropy_after"] == pytest.approx(0.8, abs=1e-3) and first["temperature"] > 1
+async def test_annealing_alone_keeps_sound_particles_alive() -> None:
+    # No look-ahead: at the split the weights (Trap ~ 99%) have entropy far
+    # below the step's threshold; annealing flattens them to it.
+    result, w, _ = await _run(EntropicParticleFilter(n_particles=4, lookahead=False), seed=0)
+    first = result.stats["annealed"][0]
+    assert first["entropy_before"] < first["threshold"]
+    assert first["entropy_after"] == pytest.approx(first["threshold"], abs=1e-3) and first["temperature"] > 1
+    _, w_off, _ = await _run(EntropicParticleFilter(n_particles=4, lookahead=False, anneal=False), seed=0)
+    assert w["Sound"] > 10 * w_off["Sound"]  # measured 0.053 vs 0.0025
 
 
 async def test_stops_within_budget() -> None:
@@ -136,31 +182,31 @@ def test_bad_options_are_user_errors() -> None:
             EntropicParticleFilter(**kw)
 
 
-async def test_reused_lookahead_is_the_particles_next_step() -> None:
+async def test_two_step_average_weights_the_state_by_the_step_it_drew() -> None:
     model = ScriptedModel({})
     prm = ScriptedPRM({"great": 0.9, "awful": 0.1}, default=0.5)
     ctx = make_ctx(model, prm=prm)
     tree = SearchTree(ctx)
     p, q = tree.add(0, "P-state", score=0.5), tree.add(0, "Q-state", score=0.2)
     gp, aq = tree.add(p, "great next", score=0.9), tree.add(q, "awful next", score=0.1)
-    epf = EntropicParticleFilter(alpha=0.5, anneal=False)
+    epf = EntropicParticleFilter(alpha=0.5, anneal=False, lookahead_mode="two_step_average")
+    assert EntropicParticleFilter(lookahead_mode="reuse").lookahead_mode == "two_step_average"  # old name
     stats: dict = {}
     slots = [gp, aq]
     scores = await epf._modulate(PROBLEM, ctx, tree, slots, [0.9, 0.1], stats)
-    # The *states* P and Q are weighted, modulated by their successors...
+    # The average of each particle's parent and its own score: nothing
+    # beyond the current node is looked at...
     assert scores == pytest.approx([0.5 * 0.5 + 0.5 * 0.9, 0.5 * 0.2 + 0.5 * 0.1])
-    # ...and the successors are the nodes the particles hold: no probe was
-    # generated or scored, no node was added.
+    # ...and nothing is generated or scored for it.
     assert model.requests == [] and stats.get("prm_calls", 0) == 0
     assert list(tree.graph.nodes) == [0, p, q, gp, aq]
     assert tree[gp]["lookahead_of"] == p and tree[gp]["modulated_score"] == pytest.approx(0.7)
-    assert stats["lookaheads"] == 2
-    # Nothing to choose between while every particle judges the root.
+    # The first round (every particle on a root child) does not resample.
     assert not epf._resample_now(tree, [p, q], 0) and epf._resample_now(tree, slots, 1)
-    assert EntropicParticleFilter(lookahead_mode="probe")._resample_now(tree, [p, q], 0)
+    assert EntropicParticleFilter()._resample_now(tree, [p, q], 0)
 
 
-async def test_reuse_costs_exactly_what_plain_pf_costs() -> None:
+async def test_two_step_average_costs_what_plain_pf_costs_and_lookahead_is_billed() -> None:
     from testtime.budget import Budget
     from testtime.sim.suites import get_suite
 
@@ -168,25 +214,26 @@ async def test_reuse_costs_exactly_what_plain_pf_costs() -> None:
     for problem in suite.problems(4, seed=3):
         spent = {}
         for name, strat in (("pf", ParticleFilter(n_particles=6, max_populations=1)),
-                            ("epf", EntropicParticleFilter(n_particles=6, max_populations=1, anneal=False)),
-                            ("probe", EntropicParticleFilter(n_particles=6, max_populations=1, anneal=False,
-                                                             lookahead_mode="probe"))):
+                            ("cheap", EntropicParticleFilter(n_particles=6, max_populations=1, anneal=False,
+                                                             lookahead_mode="two_step_average")),
+                            ("epf", EntropicParticleFilter(n_particles=6, max_populations=1, anneal=False))):
             ctx = suite.context(Budget(), seed=7)
             result = await strat.search(problem, ctx)
             roles = ctx.ledger.usage_by_role()
             spent[name] = roles
-            if name != "probe":
+            if name != "epf":
                 # Every generated solve token is a step kept in the tree:
                 # nothing was generated and thrown away.
                 steps = [n for n in result.tree.nodes if n != 0]
                 assert roles["solve"].output_tokens == sum(result.tree.nodes[n]["tokens"] for n in steps)
-                # One generation call and one PRM call per kept step, as in PF.
-                assert roles["solve"].calls == len(steps) == roles["verify"].calls
+                # One PRM call per kept step, as in PF; one request per distinct node and round.
+                assert roles["verify"].calls == len(steps)
+                assert roles["solve"].calls == result.stats["step_requests"]
                 assert "lookahead" not in roles
-        # The probe variant pays an extra call per state and step.
-        assert spent["probe"]["lookahead"].calls > 0
-        assert (spent["probe"]["solve"].calls + spent["probe"]["lookahead"].calls
-                > spent["epf"]["solve"].calls)
+        # Look-ahead generates successors (role "lookahead") and has them scored.
+        assert spent["epf"]["lookahead"].calls > 0 and spent["epf"]["lookahead"].output_tokens > 0
+        assert spent["epf"]["verify"].calls > spent["cheap"]["verify"].calls or \
+            spent["epf"]["verify"].tokens > spent["cheap"]["verify"].tokens
 
 
 async def test_annealing_triggers_on_the_simulator_and_is_counted() -> None:
@@ -202,7 +249,7 @@ async def test_annealing_triggers_on_the_simulator_and_is_counted() -> None:
         checks += result.stats.get("anneal_checks", 0)
         for rec in result.stats.get("annealed", []):
             assert rec["entropy_before"] < rec["threshold"] <= rec["entropy_after"] + 1e-3
-            assert rec["step"] == rec["round"] - 1  # reuse: round r judges step-r states
+            assert rec["step"] == rec["round"]  # look-ahead resamples the states of its own round
         assert within_budget(ctx)
     # The extreme early weights of this PRM do trip the threshold, but not every round.
     assert 0 < triggers < checks

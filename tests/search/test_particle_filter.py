@@ -54,9 +54,12 @@ async def test_resampling_concentrates_on_high_scores() -> None:
     first = [n for n in tree.successors(0)]
     good = [n for n in first if "Good" in tree.nodes[n]["text"]]
     bad = [n for n in first if "Bad" in tree.nodes[n]["text"]]
+    # The six root particles went out as one n=6 request; identical steps
+    # share a node: 2 distinct bad states (4 particles), 1 good (2 particles).
+    assert len(good) == 1 and len(bad) == 2
     # logit weights: 9 for 0.9 vs 1/9 for 0.1 -> good survivors take ~98% of the draws.
     assert sum(tree.nodes[n]["visits"] for n in good) >= 5
-    assert len(bad) == 4 and sum(bool(tree.nodes[n].get("pruned")) for n in bad) >= 3
+    assert sum(bool(tree.nodes[n].get("pruned")) for n in bad) >= 1
 
 
 async def test_stops_within_budget() -> None:

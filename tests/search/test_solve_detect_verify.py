@@ -124,3 +124,55 @@ async def test_arun_with_genrm_reports_solve_and_verify_spend() -> None:
     assert by_role["verify"]["calls"] == 2 and by_role["solve"]["calls"] == 3
     for key in ("input_tokens", "output_tokens", "calls"):
         assert by_role["solve"][key] + by_role["verify"][key] == result.usage[key]
+
+
+# ------------------------------------------------------------ on the stream
+LONG_REPLY = ("Let me think about this " * 25 + "so the answer is 42. Wait, let me double-check "
+              + "every step again " * 60 + "The answer is 42.")
+
+
+@pytest.mark.parametrize("mode", ["auto", "stream"])
+async def test_detection_stops_the_stream_at_the_completion_point(mode: str) -> None:
+    from testtime.api import build_context
+    from testtime.testing.loopback import LoopbackOpenAIServer
+    from testtime.verifiers.scripted import ScriptedVerifier
+
+    problem = Problem(question="What is 40 + 2?", answer="42")
+    full = len(LONG_REPLY.split())
+    with LoopbackOpenAIServer(reply=LONG_REPLY) as srv:
+        ctx = build_context(model="openai:loopback", base_url=srv.base_url, budget="tokens=20000")
+        ctx.verifier = ScriptedVerifier(reference=True)
+        try:
+            result = await SolveDetectVerify(mode=mode).search(problem, ctx)
+            streamed = ctx.ledger.usage
+            srv_requests = srv.served.requests
+            bodies = list(srv.requests)
+        finally:
+            await ctx.model.aclose()
+    assert (result.answer, result.stopped_reason) == ("42", "verified")
+    assert result.text.endswith("so the answer is 42.") and "Wait" not in result.text
+    assert result.stats["stream_stops"] == 1
+    # One request, closed right after the answer: billed for what arrived,
+    # far less than the whole reply.
+    assert srv_requests == 1 and streamed.calls == 1
+    answer_at = LONG_REPLY.split().index("42.") + 1
+    assert answer_at <= streamed.output_tokens <= answer_at + 2 < 0.5 * full
+    assert bodies[0].get("stream") is True and not bodies[0].get("messages")[-1]["role"] == "assistant"
+
+
+async def test_streamed_attempts_are_settled_within_budget_on_adversarial_streams() -> None:
+    from testtime.testing.adversarial import CutStream, HonestModel
+    from testtime.verifiers.scripted import ScriptedVerifier
+
+    reply = "Two plus two is four, so the answer is 4. Wait, let me re-check " + "this again " * 30
+    for model in (HonestModel(reply), CutStream(reply, after_k=5, p=1.0, seed=1)):
+        ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=400)),
+                         verifier=ScriptedVerifier(reference=True))
+        result = await SolveDetectVerify(mode="stream", max_revisions=2).search(PROBLEM, ctx)
+        assert ctx.ledger.open_reservations() == 0 and ctx.ledger.spent("tokens") <= 400
+        # Never counts less than the backend billed (prompt + tokens sent).
+        assert ctx.ledger.usage.output_tokens >= model.log.billed.output_tokens
+        assert ctx.ledger.usage.input_tokens >= model.log.billed.input_tokens
+        if isinstance(model, HonestModel):
+            assert result.answer == "4" and result.stopped_reason == "verified"
+            assert ctx.ledger.usage.output_tokens < len(reply.split())

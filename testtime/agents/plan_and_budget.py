@@ -29,7 +29,7 @@ from testtime.budget import Budget
 from testtime.context import RunContext
 from testtime.errors import SearchStop, UserError
 from testtime.models.base import GenerationRequest
-from testtime.search.base import Candidate, Problem, SearchResult, SearchStrategy, fit_request
+from testtime.search.base import Candidate, Problem, SearchResult, SearchStrategy, SearchTree, fit_request
 from testtime.verifiers.answer import extract_answer
 
 SCHEDULES = ("uniform", "proportional", "decaying")
@@ -158,6 +158,8 @@ class PlanAndBudget(SearchStrategy):
         complexities = [c for _, c in subs]
         ctx.tracer.emit("note", message="plan", subquestions=[q for q, _ in subs], complexities=complexities)
 
+        tree = SearchTree(ctx)
+        parent = 0
         answers: list[str] = []
         allocations: list[int] = []
         used: list[int] = []
@@ -178,6 +180,12 @@ class PlanAndBudget(SearchStrategy):
                 stopped = "budget_exhausted"
                 text = ""
             answers.append(text)
+            # One node per sub-question, chained in answer order; its score is
+            # the schedule's fraction of the pool it was given (what this
+            # strategy decides by), with complexity and tokens alongside.
+            parent = tree.add(parent, f"Q{i + 1}: {sub}\n{text}", score=weights[0] / sum(weights),
+                              tokens=spent, terminal=i == len(subs) - 1, complexity=subs[i][1],
+                              allocated=share, score_source="schedule_share")
 
         final_text, final_answer = await self._compose(problem, ctx, subs, answers)
         if final_text is None:
@@ -186,7 +194,7 @@ class PlanAndBudget(SearchStrategy):
             final_answer = extract_answer(final_text)
         cand = Candidate(text=final_text, answer=final_answer, tokens=ctx.ledger.usage.output_tokens)
         result = SearchResult(
-            answer=final_answer, text=final_text, candidates=[cand], stopped_reason=stopped,
+            answer=final_answer, text=final_text, candidates=[cand], tree=tree.graph, stopped_reason=stopped,
             stats={"schedule": self.schedule, "subquestions": [q for q, _ in subs],
                    "complexities": complexities, "allocated_tokens": allocations,
                    "used_tokens": used, "sub_answers": [extract_answer(a) for a in answers]},

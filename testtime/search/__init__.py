@@ -7,12 +7,15 @@ from testtime.search.base import (
     SearchStrategy,
     SearchTree,
     join_steps,
+    prm_wants_logprobs,
     split_steps,
     vote,
 )
 from testtime.search.registry import STRATEGIES, available_strategies, make_strategy
+from testtime.search.stream_watch import generate_watched, streams_deltas
 
 __all__ = [
     "STRATEGIES", "Candidate", "Problem", "SearchResult", "SearchStrategy", "SearchTree",
-    "available_strategies", "join_steps", "make_strategy", "split_steps", "vote",
+    "available_strategies", "generate_watched", "join_steps", "make_strategy", "prm_wants_logprobs",
+    "split_steps", "streams_deltas", "vote",
 ]

@@ -3,14 +3,18 @@
 After "A*-Decoding: Token-Efficient Inference Scaling". Partial solutions sit
 in a priority queue ordered by ``f = g + h`` (lowest first):
 
-* ``g`` -- the cost of the steps taken: each step costs ``-log(s)`` where
-  ``s`` is the PRM's score of that step when it was added, so
-  ``g(child) = g(parent) - log(s_child)`` (a path of sure steps is cheap).
-  Weighted by ``g_weight``.
+* ``g`` -- the cost of the steps taken *before* the newest one: each step
+  costs ``-log(s)`` where ``s`` is the PRM's score of that step, so
+  ``g(child) = g(parent) + cost(parent's newest step)`` (a path of sure
+  steps is cheap). Weighted by ``g_weight``.
 * ``h`` -- the estimated cost to go: ``-log`` of the PRM's score of the
   current state (the PRM's belief that this partial solution still leads
   to a right answer), weighted by ``h_weight``. A state the PRM doubts is
-  expensive to finish correctly.
+  expensive to finish correctly. With ``aggregation="last"`` the state
+  score *is* the newest step's score, which is why that step is left out
+  of g: f counts every step's cost exactly once (``g + h`` = the whole
+  path's cost, not the newest step twice). With ``"product"`` the state
+  score already folds in the whole path; use ``g_weight=0`` there.
 
 Scores are clipped to ``[eps, 1]`` before the log. The search always pops the
 lowest ``f``; a popped unfinished state gets ``expand_k`` sampled next steps,
@@ -21,6 +25,13 @@ answer (``stopped_reason="verified"``). When the queue empties, the
 expansion cap is hit or the budget runs out, the best terminal seen (by
 verifier score, else PRM score) is returned, or failing that the best open
 state, completed if the budget still allows.
+
+Room to finish: before each expansion the search checks that the expansion
+(``expand_k`` steps, or at least one), one completion of the popped state
+and one more step of prefix growth still fit the budget at their worst
+case; when they do not it stops expanding and finishes the best state it
+has, so a tight budget still ends in a complete answer. ``stats`` records
+``completion_margin`` (the worst-case tokens it kept).
 """
 
 from __future__ import annotations
@@ -31,12 +42,22 @@ from typing import Any
 
 from testtime.context import RunContext
 from testtime.errors import BudgetExhausted, SearchStop, UserError
-from testtime.search.base import Candidate, Problem, SearchResult, SearchStrategy, SearchTree
+from testtime.search.base import (
+    Candidate,
+    Problem,
+    SearchResult,
+    SearchStrategy,
+    SearchTree,
+    step_request,
+)
 from testtime.search.stepwise import (
+    can_afford,
     check_aggregation,
     complete,
+    completion_request,
     expand,
     node_candidate,
+    prefix_cache_report,
     require_prm,
     score_nodes,
     verify,
@@ -86,17 +107,39 @@ class AStar(SearchStrategy):
         self.eps = eps
 
     def priority(self, tree: SearchTree, node: int) -> tuple[float, float, float]:
-        """Set and return ``(f, g, h)`` of a scored node from its parent's g."""
+        """Set (and trace as ``node_scored``) and return ``(f, g, h)`` of a scored node.
+
+        g is the parent's g plus the cost of the parent's newest step (the
+        newest step of ``node`` itself is judged by h, see the module
+        docstring); h is the cost of ``node``'s state score.
+        """
         attrs = tree[node]
         parent = attrs["parent"]
-        g_parent = tree[parent].get("g", 0.0) if parent is not None else 0.0
-        g = g_parent + self.g_weight * step_cost(attrs["step_scores"][-1], self.eps)
+        g = 0.0
+        if parent not in (None, 0):
+            pattrs = tree[parent]
+            g = pattrs.get("g", 0.0) + self.g_weight * step_cost(pattrs["step_scores"][-1], self.eps)
         h = self.h_weight * step_cost(attrs["score"], self.eps)
-        tree.set(node, g=g, h=h, f=g + h)
+        tree.scored(node, score=float(attrs["score"]), f=g + h, g=g, h=h)
         return g + h, g, h
+
+    def _room_to_expand(self, problem: Problem, ctx: RunContext, tree: SearchTree, node: int,
+                        stats: dict[str, Any]) -> bool:
+        """The expansion plus one completion of ``node`` and a step more of
+        prefix must fit, so the answer can still be finished afterwards."""
+        expansion = step_request(problem, ctx, tree.steps(node), n=self.expand_k)
+        finish = completion_request(problem, ctx, tree, node)
+        growth = step_request(problem, ctx, tree.steps(node), n=1)
+        margin = ctx.model.worst_case(finish) + ctx.model.worst_case(growth)
+        stats["completion_margin"] = margin.tokens
+        if can_afford(ctx, expansion, finish, growth):
+            return True
+        # Fewer children still leave the margin: expand() shrinks k to fit.
+        return can_afford(ctx, expansion.with_(n=1), finish, growth)
 
     async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
         require_prm(ctx, self.name)
+        start = ctx.ledger.usage
         tree = SearchTree(ctx)
         tree.set(0, g=0.0, h=0.0, f=0.0)
         stats: dict[str, Any] = {"expansions": 0, "prm_calls": 0, "verifier_calls": 0,
@@ -127,6 +170,10 @@ class AStar(SearchStrategy):
                 if stats["expansions"] >= self.max_expansions:
                     heapq.heappush(heap, (f, node))
                     break
+                if not self._room_to_expand(problem, ctx, tree, node, stats):
+                    heapq.heappush(heap, (f, node))  # still the best open state
+                    stopped = "budget_exhausted"
+                    break
                 try:
                     kids = await expand(problem, ctx, tree, node, self.expand_k, max_steps=None)
                 except SearchStop:
@@ -154,6 +201,7 @@ class AStar(SearchStrategy):
         if best is not None and best.node is not None:
             tree.select(best.node, reason="final")
         stats["open"] = len(heap)
+        stats["prefix_cache"] = prefix_cache_report(ctx, start)
         result = SearchResult(
             answer=best.answer if best else None,
             text=best.text if best else "",
@@ -190,7 +238,9 @@ class AStar(SearchStrategy):
         pool += [node_candidate(tree, n) for _, n in heap if n != 0 and tree[n]["terminal"]]
         if pool:
             return max(pool, key=lambda c: c.score or 0.0), True
-        open_nodes = sorted((f, n) for f, n in heap if n != 0)
+        # The root counts when nothing else is open: completing it is one
+        # plain full-solution sample, better than no answer.
+        open_nodes = sorted((f, n) for f, n in heap if n != 0) or sorted(heap)
         if not open_nodes:
             return None, True
         node = open_nodes[0][1]

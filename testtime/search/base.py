@@ -108,11 +108,18 @@ class SearchTree:
                             value=0.0, terminal=terminal, parent=parent, **attrs)
         self.graph.add_edge(parent, node)
         self.ctx.tracer.emit("node_added", node=node, parent=parent, step=step, score=score,
-                             tokens=tokens, terminal=terminal, text=text[:200])
+                             tokens=tokens, terminal=terminal, text=text[:4000])
         return node
 
     def set(self, node: int, **attrs: Any) -> None:
         self.graph.nodes[node].update(attrs)
+
+    def scored(self, node: int, **fields: Any) -> None:
+        """Update ``node``'s numbers (score, visits, q, prior, f, g, h, weight...)
+        and trace them as one ``node_scored`` event, so a trace reader sees the
+        numbers the strategy used, not only those known when the node was added."""
+        self.graph.nodes[node].update(fields)
+        self.ctx.tracer.emit("node_scored", node=node, **fields)
 
     def __getitem__(self, node: int) -> dict[str, Any]:
         return self.graph.nodes[node]
@@ -195,12 +202,28 @@ def step_request(problem: Problem, ctx: RunContext, steps: Sequence[str], *, n: 
         prefix += ctx.step_delimiter
     # A confidence PRM scores steps from the logprobs they were generated
     # with; ask for them when the backend can give them.
-    if not logprobs and getattr(ctx.prm, "wants_logprobs", False) and ctx.model.capabilities.logprobs:
-        logprobs = True
+    logprobs = logprobs or prm_wants_logprobs(ctx, verifier_first=False)
     return solution_request(problem, ctx, n=n, prefix=prefix,
                             max_tokens=max_tokens or ctx.step_max_tokens,
                             stop=(ctx.step_delimiter,), temperature=temperature,
                             logprobs=logprobs)
+
+
+def prm_wants_logprobs(ctx: RunContext, *, verifier_first: bool = True) -> bool:
+    """Whether sampling calls should ask for token logprobs for the PRM.
+
+    True when ``ctx.prm`` scores from the policy's own logprobs
+    (``wants_logprobs``, e.g. ``prm:confidence``) and the backend returns
+    them: asking in the sampling call lets the PRM score what was generated
+    instead of sending a probe request per step. With ``verifier_first``
+    (full-solution samplers, which score with the verifier when there is
+    one) a verifier makes the PRM unused and the answer False.
+    """
+    if ctx.prm is None or not getattr(ctx.prm, "wants_logprobs", False):
+        return False
+    if verifier_first and ctx.verifier is not None:
+        return False
+    return bool(ctx.model.capabilities.logprobs)
 
 
 def is_terminal_step(gen: Generation, step_text: str) -> bool:
@@ -215,21 +238,38 @@ def vote(candidates: Sequence[Candidate], *, weighted: bool = False) -> tuple[st
     """Majority (or score-weighted) vote over extracted answers.
 
     Returns the winning normalised answer and the tally. Ties go to the
-    answer seen first, so results are deterministic for a given order.
+    answer seen first, so results are deterministic for a given order. In a
+    weighted vote an unscored candidate (its scoring was refused) casts no
+    vote at all: counting it as a score of 0 would still shape the tally's
+    share and hide that the vote is short of what was sampled.
     """
     tally: dict[str, float] = defaultdict(float)
     first_seen: dict[str, int] = {}
+    keys = normalized_answers(candidates)
     for i, c in enumerate(candidates):
-        key = normalize_answer(c.answer)
-        if key is None:
+        key = keys[i]
+        if key is None or (weighted and c.score is None):
             continue
-        w = (c.score if c.score is not None else 0.0) if weighted else 1.0
+        w = float(c.score) if weighted else 1.0  # type: ignore[arg-type]
         tally[key] += w
         first_seen.setdefault(key, i)
     if not tally:
         return None, {}
     best = max(tally, key=lambda k: (tally[k], -first_seen[k]))
     return best, dict(tally)
+
+
+def normalized_answers(candidates: Sequence[Candidate]) -> list[str | None]:
+    """``normalize_answer(c.answer)`` for each candidate, each distinct answer normalised once."""
+    seen: dict[str | None, str | None] = {}
+    out: list[str | None] = []
+    for c in candidates:
+        a = c.answer
+        key = seen.get(a, seen)
+        if key is seen:
+            key = seen[a] = normalize_answer(a)
+        out.append(key)  # type: ignore[arg-type]
+    return out
 
 
 def candidate_from(gen: Generation, *, prefix: str = "", score: float | None = None) -> Candidate:
@@ -300,21 +340,39 @@ def plan_batches(ctx: RunContext, request: GenerationRequest, want: int, *, batc
     included) is counted on top of the calls planned before it, so all of
     them fit together.
     """
-    sizes: list[int] = []
-    held = Usage()
     batch = max(int(batch), 1)
     want = max(int(want), 0)
-    while want > 0:
-        cap = min(batch, want)
-        k = affordable_n(ctx, request, cap=cap, plus=held)
-        if k == 0:
-            break
+    if want == 0:
+        return []
+    # Full batches first, all at one worst case: how many fit is one pass over
+    # the ledger (not a search per call), summed as the reservations will be.
+    full = want // batch
+    w_full = ctx.model.worst_case(request.with_(n=batch)) if full else None
+    m = ctx.ledger.affordable_repeats(w_full, full) if w_full is not None else 0
+    sizes = [batch] * m
+    if m == full and want % batch:
+        cap = want % batch
+    elif m < full:
+        cap = batch  # the next full batch does not fit: as many samples as do
+    else:
+        return sizes
+    held = _repeated(w_full, m) if m else None
+    k = affordable_n(ctx, request, cap=cap, plus=held)
+    if k:
         sizes.append(k)
-        held = held + ctx.model.worst_case(request.with_(n=k))
-        want -= k
-        if k < cap:  # a further call costs at least what one more sample here would
-            break
     return sizes
+
+
+def _repeated(usage: Usage | None, times: int) -> Usage:
+    """``usage`` added to itself ``times`` times, starting from zero (floats summed in order)."""
+    if usage is None or times <= 0:
+        return Usage()
+    usd = 0.0
+    for _ in range(times):
+        usd = usd + usage.usd
+    return Usage(input_tokens=usage.input_tokens * times, output_tokens=usage.output_tokens * times,
+                 cached_tokens=usage.cached_tokens * times, calls=usage.calls * times, usd=usd,
+                 reasoning_tokens=usage.reasoning_tokens * times)
 
 
 def sample_candidate(gen: Generation) -> Candidate:
@@ -420,22 +478,19 @@ async def sample_solutions(problem: Problem, ctx: RunContext, n: int, *, batch: 
 
 
 def fit_request(ctx: RunContext, request: GenerationRequest, *, min_tokens: int = 16) -> GenerationRequest | None:
-    """``request`` with max_tokens shrunk until its worst case fits the budget.
+    """``request`` shrunk until its worst case fits the budget.
 
     When the budget cannot pay for a full-length sample, a shorter one
-    (budget forcing) still beats returning nothing. Returns None when not even
-    ``min_tokens`` of output fit.
+    (budget forcing) still beats returning nothing. What shrinks is the
+    model's :meth:`~testtime.models.base.Model.fit_size` knob: ``max_tokens``,
+    or a thinking model's thinking budget (its answer keeps its own). Returns
+    None when not even ``min_tokens`` of it fit.
     """
     model = ctx.model
-    if ctx.ledger.can_afford(model.worst_case(request)):
+    size = model.fit_size(request)
+    fits = ctx.ledger.largest_fit(lambda k: model.worst_case(model.resized(request, k)), size)
+    if fits == size:
         return request
-    lo, hi = 0, max(int(request.max_tokens), 1) - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if ctx.ledger.can_afford(model.worst_case(request.with_(max_tokens=mid))):
-            lo = mid
-        else:
-            hi = mid - 1
-    if lo < min(min_tokens, request.max_tokens):
+    if fits < min(min_tokens, size):
         return None
-    return request.with_(max_tokens=lo)
+    return model.resized(request, fits)

@@ -30,7 +30,7 @@ import asyncio
 import math
 from dataclasses import dataclass, field
 
-from testtime.budget import DIMENSIONS, Usage
+from testtime.budget import Usage
 from testtime.context import RunContext
 from testtime.errors import SearchStop, UserError
 from testtime.models.base import Generation, GenerationRequest
@@ -43,14 +43,25 @@ from testtime.search.base import (
     affordable_n,
     fit_request,
     is_terminal_step,
+    join_steps,
     normalize_answer,
-    solution_request,
     split_steps,
     step_request,
     vote,
 )
+from testtime.search.stepwise import (
+    affordable_count,
+    complete,
+    diff_usage,
+    prefix_cache_report,
+    require_prm,
+    scale_usage,
+)
 from testtime.verifiers.answer import extract_answer
 from testtime.verifiers.base import aggregate
+
+#: Kept for callers of the old name: how many units of a usage the budget pays for.
+units_affordable = affordable_count
 
 SELECTIONS = ("prm", "weighted")
 
@@ -79,33 +90,6 @@ class BeamOutcome:
     forced: Beam | None = None
 
 
-def units_affordable(ctx: RunContext, per_unit: Usage) -> float:
-    """How many units of ``per_unit`` usage the remaining budget pays for."""
-    best = math.inf
-    for dim in DIMENSIONS:
-        if dim == "seconds":
-            continue
-        need = per_unit.amount(dim)
-        room = ctx.ledger.remaining(dim)
-        if room == math.inf or need <= 0:
-            continue
-        best = min(best, room / need)
-    return best
-
-
-def scale_usage(u: Usage, factor: float) -> Usage:
-    """``u`` multiplied by ``factor`` (rounded up on integer fields)."""
-    return Usage(input_tokens=math.ceil(u.input_tokens * factor),
-                 output_tokens=math.ceil(u.output_tokens * factor),
-                 calls=math.ceil(u.calls * factor), usd=u.usd * factor)
-
-
-def diff_usage(after: Usage, before: Usage) -> Usage:
-    return Usage(input_tokens=after.input_tokens - before.input_tokens,
-                 output_tokens=after.output_tokens - before.output_tokens,
-                 calls=after.calls - before.calls, usd=after.usd - before.usd)
-
-
 def _rank_key(b: Beam) -> float:
     return -1.0 if b.score is None else b.score
 
@@ -115,17 +99,13 @@ def pick_final(beams: list[Beam], select: str, delimiter: str) -> tuple[Beam | N
     if not beams:
         return None, {}
     if select == "weighted":
-        cands = [Candidate(text="", answer=extract_answer(join(b.steps, delimiter)),
+        cands = [Candidate(text="", answer=extract_answer(join_steps(b.steps, delimiter)),
                            score=b.score or 0.0) for b in beams]
         winner, tally = vote(cands, weighted=True)
         if winner is not None:
             group = [b for b, c in zip(beams, cands, strict=True) if normalize_answer(c.answer) == winner]
             return max(group, key=_rank_key), tally
     return max(beams, key=_rank_key), {}
-
-
-def join(steps: list[str], delimiter: str) -> str:
-    return delimiter.join(steps)
 
 
 class BeamSearch(SearchStrategy):
@@ -168,14 +148,15 @@ class BeamSearch(SearchStrategy):
         self.adapt_expansions = adapt_expansions
 
     async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
-        if ctx.prm is None:
-            raise UserError(f"strategy {self.name!r} needs a process reward model: pass --prm SPEC")
+        require_prm(ctx, self.name)
         ctx.tracer.emit("strategy_start", strategy=self.name, params=self.params())
+        before = ctx.ledger.usage
         tree = SearchTree(ctx)
         outcome = await self.run_beam(problem, ctx, tree, width=self.beam_width)
         result = self.result_from(outcome, tree, ctx)
+        result.stats["prefix_cache"] = prefix_cache_report(ctx, before)
         ctx.tracer.emit("strategy_end", strategy=self.name, answer=result.answer,
-                        stopped_reason=result.stopped_reason)
+                        stopped_reason=result.stopped_reason, prefix_cache=result.stats["prefix_cache"])
         return result
 
     # ------------------------------------------------------------ the search
@@ -188,7 +169,7 @@ class BeamSearch(SearchStrategy):
 
     def derive_width(self, per_child: Usage, ctx: RunContext, depth: int, expected: int) -> int:
         left = max(expected - depth, 1)
-        units = units_affordable(ctx, scale_usage(per_child, self.expansions * left))
+        units = affordable_count(ctx, scale_usage(per_child, self.expansions * left))
         if units == math.inf:
             return self.max_width
         return max(1, min(self.max_width, int(units)))
@@ -285,7 +266,7 @@ class BeamSearch(SearchStrategy):
         if not self.adapt_expansions:
             return self.expansions
         left = max(expected - depth, 1)
-        units = units_affordable(ctx, scale_usage(per_child, left * max(slots, 1)))
+        units = affordable_count(ctx, scale_usage(per_child, left * max(slots, 1)))
         if units == math.inf:
             return self.expansions
         return max(1, min(self.expansions, int(units)))
@@ -349,23 +330,20 @@ class BeamSearch(SearchStrategy):
 
     async def _force_finish(self, problem: Problem, ctx: RunContext, tree: SearchTree, beam: Beam,
                             tag: dict | None) -> Beam | None:
-        """Complete ``beam`` in one full-solution request shortened to fit."""
-        prefix = join(beam.steps, ctx.step_delimiter) + ctx.step_delimiter
-        request = fit_request(ctx, solution_request(problem, ctx, prefix=prefix))
-        if request is None:
+        """Complete ``beam`` in one full-solution request shortened to fit
+        (:func:`~testtime.search.stepwise.complete`)."""
+        done = await complete(problem, ctx, tree, beam.node)
+        if done is None:
             return None
-        try:
-            gens = await ctx.generate(request)
-        except SearchStop:
-            return None
-        rest = split_steps(gens[0].text, ctx.step_delimiter)
+        rest = split_steps(done.text, ctx.step_delimiter)[len(beam.steps):]
         if not rest:
             return None
-        done = Beam(node=beam.node, steps=[*beam.steps, *rest], score=beam.score, terminal=True,
-                    tokens=gens[0].usage.output_tokens)
-        done.node = tree.add(beam.node, ctx.step_delimiter.join(rest), score=beam.score,
-                             tokens=done.tokens, terminal=True, forced=True, **(tag or {}))
-        return done
+        tokens = done.tokens - sum(tree[n]["tokens"] for n in tree.path(beam.node))
+        forced = Beam(node=beam.node, steps=[*beam.steps, *rest], score=beam.score, terminal=True,
+                      tokens=tokens)
+        forced.node = tree.add(beam.node, ctx.step_delimiter.join(rest), score=beam.score,
+                               tokens=tokens, terminal=True, forced=True, **(tag or {}))
+        return forced
 
     # ----------------------------------------------------------------- result
     def result_from(self, outcome: BeamOutcome, tree: SearchTree, ctx: RunContext) -> SearchResult:
@@ -381,8 +359,8 @@ class BeamSearch(SearchStrategy):
             return SearchResult(answer=None, text="", tree=tree.graph, stopped_reason="budget_exhausted",
                                 stats={"rounds": outcome.rounds, "width": outcome.width})
         tree.select(chosen.node, "final")
-        text = join(chosen.steps, delim)
-        cands = [Candidate(text=join(b.steps, delim), answer=extract_answer(join(b.steps, delim)),
+        text = join_steps(chosen.steps, delim)
+        cands = [Candidate(text=join_steps(b.steps, delim), answer=extract_answer(join_steps(b.steps, delim)),
                            score=b.score, tokens=b.tokens, node=b.node)
                  for b in sorted(pool, key=_rank_key, reverse=True)]
         return SearchResult(

@@ -110,7 +110,11 @@ class BestOfMajority(SearchStrategy):
         n = len(cands)
         eligible = self._eligible(counts)
         pool = [c for c in cands if normalize_answer(c.answer) in eligible]
-        record_candidates(tree, cands)
+        total = sum(counts.values())
+        # Unscored samples (ineligible answers) were ranked by frequency alone.
+        record_candidates(tree, cands, source="frequency",
+                          fallback=lambda c: counts.get(normalize_answer(c.answer) or "", 0) / total
+                          if total else 0.0)
         ranked = self._rank(pool, counts)
         top_k = ranked[: self.k]
         firsts = [best for _, best in top_k]

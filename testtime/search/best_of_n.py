@@ -35,6 +35,7 @@ from testtime.search.base import (
     derived_n_cap,
     draw_solutions,
     normalize_answer,
+    prm_wants_logprobs,
     solution_request,
     split_steps,
     vote,
@@ -49,9 +50,12 @@ async def draw_samples(problem: Problem, ctx: RunContext, *, n: int | None, max_
     With a derived n, drawing goes on while the worst-case reservations of
     calls in flight settle to cheaper actual usage and more samples fit; the
     last samples are shortened to what the budget still pays for (budget
-    forcing). See :func:`~testtime.search.base.draw_solutions`.
+    forcing). See :func:`~testtime.search.base.draw_solutions`. Samples ask
+    for token logprobs when the PRM scores from them (``prm:confidence``), so
+    scoring needs no probe requests.
     """
-    return await draw_solutions(problem, ctx, n=n, max_n=max_n, batch=batch, min_tokens=min_tokens)
+    return await draw_solutions(problem, ctx, n=n, max_n=max_n, batch=batch, min_tokens=min_tokens,
+                                logprobs=prm_wants_logprobs(ctx))
 
 
 def cost_ratio(ledger: BudgetLedger, sampled: Usage, before: Usage, after: Usage) -> float | None:
@@ -76,6 +80,11 @@ def unscored_answers(cands: Sequence[Candidate]) -> list[Candidate]:
     return [c for c in cands if c.score is None and c.answer is not None]
 
 
+#: Margin on a measured scoring/sampling cost ratio: scoring reserves its
+#: worst case, which the measured (settled) ratio does not include.
+SCORE_SAFETY = 1.25
+
+
 async def sample_and_score(problem: Problem, ctx: RunContext, *, max_n: int | None, batch: int,
                            ratio: float, max_rounds: int | None, aggregation: str | None = None,
                            select: Callable[[list[Candidate]], list[Candidate]] = unscored_answers,
@@ -85,8 +94,11 @@ async def sample_and_score(problem: Problem, ctx: RunContext, *, max_n: int | No
 
     Each round samples inside a child ledger holding ``1 / (1 + ratio)`` of
     what remains (``ratio``: scoring cost / sampling cost, a guess in round
-    one, measured afterwards), then scores ``select(all candidates)`` with
-    the rest. Rounds go on while another (possibly shortened) sample fits in
+    one, measured afterwards and then taken with a :data:`SCORE_SAFETY`
+    margin), then scores ``select(all candidates)`` with the rest. Until a
+    ratio is measured a round draws one sample (when ``max_rounds`` is
+    None), so a bad guess cannot strand a budget's worth of samples
+    unscored. Rounds go on while another (possibly shortened) sample fits in
     the next round's share, up to ``max_n`` samples (None: as many as the
     budget pays for) and ``max_rounds`` rounds (None: no limit).
 
@@ -97,9 +109,17 @@ async def sample_and_score(problem: Problem, ctx: RunContext, *, max_n: int | No
     cands: list[Candidate] = []
     stopped = "done"
     rounds = 0
+    measured_once = False
     while len(cands) < cap and (max_rounds is None or rounds < max_rounds):
-        sub = ctx.derive(ledger=ctx.ledger.share(1.0 / (1.0 + ratio), name=name))
-        new, stopped = await draw_samples(problem, sub, n=None, max_n=cap - len(cands), batch=batch,
+        # Until the scoring cost has been measured, a round is one sample
+        # (unless the rounds are counted): a wrong guess of ``ratio`` cannot
+        # strand samples unscored, and the first score measures the ratio.
+        # Measured ratios get a safety margin.
+        share = 1.0 / (1.0 + ratio * (SCORE_SAFETY if measured_once else 1.0))
+        probing = not measured_once and max_rounds is None
+        room = 1 if probing else cap - len(cands)
+        sub = ctx.derive(ledger=ctx.ledger.share(share, name=name))
+        new, stopped = await draw_samples(problem, sub, n=None, max_n=room, batch=batch,
                                           min_tokens=min_tokens)
         if not new:
             stopped = "budget_exhausted"
@@ -115,6 +135,7 @@ async def sample_and_score(problem: Problem, ctx: RunContext, *, max_n: int | No
         measured = cost_ratio(ctx.ledger, sampled, before, ctx.ledger.usage) if todo else None
         if measured is not None:
             ratio = measured
+        measured_once = measured_once or bool(todo)
     return cands, stopped, rounds
 
 
@@ -156,14 +177,36 @@ def scorer_name(ctx: RunContext) -> str:
     return "majority"
 
 
-def record_candidates(tree: SearchTree, cands: Sequence[Candidate]) -> None:
-    """Add each full solution as a child of the root (a depth-1 tree)."""
+def record_candidates(tree: SearchTree, cands: Sequence[Candidate], *,
+                      fallback: Callable[[Candidate], float] | None = None,
+                      source: str = "vote_share") -> None:
+    """Add each full solution as a child of the root (a depth-1 tree).
+
+    A node's score is the candidate's score; for an unscored candidate,
+    ``fallback(candidate)`` (the number the strategy ranked it by instead;
+    default: its answer's share of the answered candidates, 0 without an
+    answer), marked ``score_source=source``.
+    """
+    if fallback is None:
+        counts = answer_counts(cands)
+        answered = sum(counts.values())
+
+        def fallback(c: Candidate) -> float:
+            return counts.get(normalize_answer(c.answer) or "", 0) / answered if answered else 0.0
+
     for c in cands:
+        score, extra = c.score, {}
+        if score is None and fallback is not None:
+            score, extra = float(fallback(c)), {"score_source": source}
+        if "passed" in c.data:
+            extra["passed"] = bool(c.data["passed"])  # the verifier's verdict, for trace readers
         if c.node is None:
-            c.node = tree.add(0, c.text, score=c.score, tokens=c.tokens, terminal=True,
-                              answer=c.answer)
-        else:
-            tree.set(c.node, score=c.score)
+            c.node = tree.add(0, c.text, score=score, tokens=c.tokens, terminal=True,
+                              answer=c.answer, **extra)
+            if "passed" in extra:
+                tree.scored(c.node, passed=extra["passed"])  # node_added carries no verdict
+        elif score is not None:
+            tree.scored(c.node, score=score, **extra)
 
 
 class BestOfN(SearchStrategy):
@@ -221,8 +264,10 @@ class BestOfN(SearchStrategy):
                 problem, ctx, max_n=self.max_n, batch=self.batch, ratio=self.score_ratio,
                 max_rounds=self.max_rounds, aggregation=self.aggregation, name="best_of_n.samples",
                 min_tokens=self.min_tokens)
-        record_candidates(tree, cands)
         result = self._pick(cands, selection, stopped)
+        # Unscored samples (no answer, or scoring refused) rank below every
+        # scored one; their node shows their answer's vote share.
+        record_candidates(tree, cands)
         result.tree = tree.graph
         result.stats.update({"n_sampled": len(cands), "rounds": rounds, "selection": selection,
                              "n_scored": sum(c.score is not None for c in cands)})

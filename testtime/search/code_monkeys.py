@@ -522,6 +522,11 @@ class CodeMonkeys(SearchStrategy):
         # Phase 3: votes on the generated tests.
         everything = [v for t in trajectories for v in t]
         await evaluate(everything)
+        for v in everything:
+            # Traced: each version's share of the generated tests it passes
+            # (0 for all when no test was generated: nothing tells them apart).
+            tree.scored(v.node, score=(v.passed or 0) / total if total else 0.0, votes=float(v.passed or 0),
+                        **({} if total else {"score_source": "no_tests"}))
         finals = [max(reversed(t), key=lambda v: v.passed or 0) for t in trajectories]
         # reversed + max keeps the latest among equals (max returns the first maximum).
         cands: list[Candidate] = []
@@ -531,7 +536,6 @@ class CodeMonkeys(SearchStrategy):
                                    node=v.node, votes=float(v.passed or 0),
                                    data={"passed_generated": v.passed or 0, "generated_tests": total,
                                          "round": v.round, "status": v.run.status if v.run else None}))
-            tree.set(v.node, score=frac)
         order = sorted(range(len(cands)), key=lambda i: -cands[i].votes)  # stable: ties keep draw order
         distinct: list[int] = []
         seen: set[str] = set()

@@ -27,13 +27,13 @@ from testtime.budget import Usage
 from testtime.context import RunContext
 from testtime.errors import UserError
 from testtime.search.base import Problem, SearchResult, SearchStrategy, SearchTree
-from testtime.search.beam import (
-    SELECTIONS,
-    BeamOutcome,
-    BeamSearch,
+from testtime.search.beam import SELECTIONS, BeamOutcome, BeamSearch
+from testtime.search.stepwise import (
+    affordable_count,
     diff_usage,
+    prefix_cache_report,
+    require_prm,
     scale_usage,
-    units_affordable,
 )
 
 
@@ -79,9 +79,9 @@ class DVTS(SearchStrategy):
         return {k: v for k, v in super().params().items() if k != "_beam"}
 
     async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
-        if ctx.prm is None:
-            raise UserError(f"strategy {self.name!r} needs a process reward model: pass --prm SPEC")
+        require_prm(ctx, self.name)
         ctx.tracer.emit("strategy_start", strategy=self.name, params=self.params())
+        start = ctx.ledger.usage
         tree = SearchTree(ctx)
         merged = BeamOutcome(width=self.beam_width)
         # Worst-case guess of one subtree's cost, replaced by measurement.
@@ -114,15 +114,16 @@ class DVTS(SearchStrategy):
             if self.subtrees is not None or all(o.stopped == "budget_exhausted" for o in outcomes):
                 break
         result = self._beam.result_from(merged, tree, ctx)
-        result.stats.update({"subtrees": launched, "rounds_of_subtrees": rounds})
+        result.stats.update({"subtrees": launched, "rounds_of_subtrees": rounds,
+                             "prefix_cache": prefix_cache_report(ctx, start)})
         ctx.tracer.emit("strategy_end", strategy=self.name, answer=result.answer,
-                        stopped_reason=result.stopped_reason)
+                        stopped_reason=result.stopped_reason, prefix_cache=result.stats["prefix_cache"])
         return result
 
     def _count(self, ctx: RunContext, per_subtree: Usage, *, first: bool) -> int:
         if self.subtrees is not None:
             return self.subtrees if first else 0
-        units = units_affordable(ctx, per_subtree)
+        units = affordable_count(ctx, per_subtree)
         if units == math.inf:
             return self.max_subtrees
         return min(self.max_subtrees, int(units))

@@ -18,33 +18,28 @@ like at step one or two (particle impoverishment). Two fixes on top of
    With the defaults (base 0.5, early_boost 0.6, decay 0.5) that is 0.80 at
    step 0, 0.65 at step 1, 0.575 at step 2, tending to 0.5: early weights,
    where the PRM is least trustworthy, are flattened the most.
-2. **Look-ahead Modulation.** A state is judged by its potential: its
-   weight is ``(1 - alpha) * score(state) + alpha * score(successor)``, where
-   the successor is one sampled next step, scored by the PRM.
+2. **Look-ahead Modulation** (default, ``lookahead_mode="successor"``). A
+   state is judged by its potential: before resampling, every unfinished
+   particle samples a short successor step (``lookahead_tokens``) from its
+   current state; the PRM scores the path extended by it, and the particle's
+   weight becomes ``(1 - alpha) * score(state) + alpha * score(successor)``.
+   The successor is information from *beyond* the current state. It is
+   discarded after weighting (a short, possibly cut step is not a state to
+   continue from); the kept particles sample their next steps afresh. The
+   k particles on one node get their k successors from one ``n=k`` request
+   (the prefix is shared, so a prefix cache computes it once), and the PRM
+   scores each distinct successor once. Look-ahead generation is billed
+   under role ``"lookahead"``, its PRM calls under ``"verify"``, and the
+   budget-derived population is sized for it. When every particle holds the
+   same state, resampling cannot change anything, so no successor is drawn.
 
-   By default (``lookahead_mode="reuse"``) the successor is not a throw-away
-   probe: it is the particle's real next step. Each round every particle
-   samples one step from its state, exactly as plain PF does; that step is
-   the look-ahead of the state it grew from, and resampling chooses among
-   *states* (the parents) with weights modulated by the score of the
-   successor each particle drew. A kept particle then continues from that
-   very successor -- the text that was scored is the text it keeps -- so
-   look-ahead costs no generation and no PRM call beyond what plain PF
-   spends (the PRM scores each new step once, as PF does). Resampling of a
-   state is thereby delayed by one step until its successor is known; in
-   the first round every particle's state is the shared root, so there is
-   nothing to choose between and resampling is skipped (the first
-   resampling judges the step-1 states by their step-2 successors, which is
-   where an overconfident-early PRM does the most damage). The annealing
-   schedule is indexed by the step of the judged state, so that first
-   resampling gets the strictest threshold.
-
-   ``lookahead_mode="probe"`` keeps the original probe-and-discard variant
-   for ablations: each distinct unfinished state samples an extra short
-   successor (``lookahead_tokens``) that is scored and then dropped; the
-   particles then sample their next steps afresh. It costs one more call
-   (re-sending the prefix) per state per step, so the budget-derived
-   population is smaller.
+   ``lookahead_mode="two_step_average"`` is a cheap variant that is **not**
+   the paper's method: a particle's current node is weighted by the average
+   of its parent's and its own PRM score, and resampling of the parent state
+   is deferred by one round (the first round does not resample). It costs
+   nothing beyond plain PF, but it sees nothing beyond the current state --
+   it is PF with two-step score smoothing. Kept for ablations; the old name
+   ``"reuse"`` is accepted for it (and ``"probe"`` for ``"successor"``).
 
 The annealing is exposed as pure functions (:func:`entropy_threshold`,
 :func:`anneal_temperature`, :func:`annealed_weights`, :func:`modulate`) so it
@@ -54,18 +49,22 @@ can be checked on constructed weights.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from testtime.context import RunContext
 from testtime.errors import SearchStop, UserError
-from testtime.search.base import Problem, SearchTree, step_request
+from testtime.search.base import Problem, SearchTree
 from testtime.search.particle_filter import ParticleFilter
 from testtime.search.particles import normalized_entropy, softmax, transform_score
-from testtime.search.stepwise import run_waves, score_steps, trajectory_cost
+from testtime.search.stepwise import expand_groups, score_steps, trajectory_cost
 
-#: How look-ahead successors are obtained (see the module docstring).
-LOOKAHEAD_MODES = ("reuse", "probe")
+#: How look-ahead is done (see the module docstring): ``"successor"`` is the
+#: paper's Look-ahead Modulation; ``"two_step_average"`` is not.
+LOOKAHEAD_MODES = ("successor", "two_step_average")
+#: Older names of the modes.
+LOOKAHEAD_ALIASES = {"probe": "successor", "reuse": "two_step_average"}
 
 
 def entropy_threshold(step: int, *, base: float = 0.5, early_boost: float = 0.6,
@@ -139,11 +138,11 @@ class EntropicParticleFilter(ParticleFilter):
         max_temperature: upper bound of the temperature search.
         anneal: turn Entropic Annealing off with False (ablations).
         lookahead: turn Look-ahead Modulation off with False (ablations).
-        lookahead_mode: ``"reuse"`` (the look-ahead successor is the
-            particle's next step; no extra generation) or ``"probe"`` (an
-            extra short successor, scored then discarded).
-        lookahead_tokens: max tokens of a ``"probe"`` look-ahead step (None:
-            ctx.step_max_tokens // 4, at least 8).
+        lookahead_mode: ``"successor"`` (Look-ahead Modulation: a short
+            successor per particle, PRM-scored, then discarded) or
+            ``"two_step_average"`` (cheap smoothing, not the paper's method).
+        lookahead_tokens: max tokens of a look-ahead successor (None:
+            ctx.step_max_tokens // 2, at least 8).
         alpha: weight of the look-ahead score in [0, 1].
     """
 
@@ -151,9 +150,10 @@ class EntropicParticleFilter(ParticleFilter):
 
     def __init__(self, n_particles: int | None = None, *, entropy_base: float = 0.5,
                  early_boost: float = 0.6, decay: float = 0.5, max_temperature: float = 50.0,
-                 anneal: bool = True, lookahead: bool = True, lookahead_mode: str = "reuse",
+                 anneal: bool = True, lookahead: bool = True, lookahead_mode: str = "successor",
                  lookahead_tokens: int | None = None, alpha: float = 0.5, **kwargs: Any) -> None:
         super().__init__(n_particles, **kwargs)
+        lookahead_mode = LOOKAHEAD_ALIASES.get(lookahead_mode, lookahead_mode)
         if not 0.0 <= alpha <= 1.0:
             raise UserError(f"entropic_pf alpha must be in [0, 1], got {alpha}")
         if not 0.0 <= entropy_base <= 1.0:
@@ -174,18 +174,18 @@ class EntropicParticleFilter(ParticleFilter):
         self.alpha = alpha
 
     def _lookahead_tokens(self, ctx: RunContext) -> int:
-        return self.lookahead_tokens or max(8, ctx.step_max_tokens // 4)
+        return self.lookahead_tokens or max(8, ctx.step_max_tokens // 2)
 
     @property
     def _probing(self) -> bool:
-        return self.lookahead and self.lookahead_mode == "probe"
+        return self.lookahead and self.lookahead_mode == "successor"
 
     @property
     def _reusing(self) -> bool:
-        return self.lookahead and self.lookahead_mode == "reuse"
+        return self.lookahead and self.lookahead_mode == "two_step_average"
 
     def _extra_tokens_per_step(self, ctx: RunContext) -> int:
-        # Reused look-ahead is the particle's own step: nothing extra to size for.
+        # Two-step averaging generates nothing extra: nothing to size for.
         return self._lookahead_tokens(ctx) if self._probing else 0
 
     def _repeat_cost_factor(self, problem: Problem, ctx: RunContext, n_prev: int) -> float:
@@ -236,7 +236,7 @@ class EntropicParticleFilter(ParticleFilter):
             return scores
         if self._reusing:
             return self._modulate_reused(tree, slots, scores, stats)
-        return await self._modulate_probe(problem, ctx, tree, slots, scores, stats)
+        return await self._modulate_successor(problem, ctx, tree, slots, scores, stats)
 
     def _modulate_reused(self, tree: SearchTree, slots: list[int], scores: list[float],
                          stats: dict[str, Any]) -> list[float]:
@@ -260,34 +260,44 @@ class EntropicParticleFilter(ParticleFilter):
             out.append(value)
         return out
 
-    async def _modulate_probe(self, problem: Problem, ctx: RunContext, tree: SearchTree,
-                              slots: list[int], scores: list[float],
-                              stats: dict[str, Any]) -> list[float]:
-        """Probe-and-discard look-ahead (``lookahead_mode="probe"``)."""
+    async def _modulate_successor(self, problem: Problem, ctx: RunContext, tree: SearchTree,
+                                  slots: list[int], scores: list[float],
+                                  stats: dict[str, Any]) -> list[float]:
+        """Look-ahead Modulation: one short successor per unfinished particle,
+        PRM-scored, modulating that particle's weight; then discarded."""
         if len(set(slots)) < 2:
-            # A lone particle's weight is 1 whatever its successor: no probe.
+            # One distinct state: resampling keeps it whatever the weights.
             return scores
-        # One probe per distinct unfinished state: duplicates share a state.
-        states = [n for n in dict.fromkeys(slots) if n != 0 and not self._finished(tree, n)]
-        if not states:
+        groups = Counter(n for n in slots if n != 0 and not self._finished(tree, n))
+        if not groups:
             return scores
-        max_tokens = self._lookahead_tokens(ctx)
-        requests = [step_request(problem, ctx, tree.steps(n), max_tokens=max_tokens) for n in states]
-        # A refusal here only means some states go unmodulated; the next
+        # A refusal here only means some particles go unmodulated; the next
         # round's step calls will stop the search if the budget is gone.
-        results, _ = await run_waves(ctx, requests, role="lookahead")
-        probe: dict[int, float] = {}
+        gens_of, _, _ = await expand_groups(problem, ctx, tree, dict(groups),
+                                            max_tokens=self._lookahead_tokens(ctx), role="lookahead")
+        stats["lookahead_requests"] = stats.get("lookahead_requests", 0) + len(gens_of)
+        texts = {node: [g.text.strip("\n") for g in gens] for node, gens in gens_of.items()}
+        wanted = list(dict.fromkeys((node, t) for node, ts in texts.items() for t in ts if t.strip()))
+        probe: dict[tuple[int, str], float] = {}
 
         async def one(node: int, text: str) -> None:
             try:
                 s = await score_steps(problem, ctx, [*tree.steps(node), text], stats)
             except SearchStop:
                 return
-            probe[node] = s[-1]
-            tree.set(node, lookahead_score=s[-1])
+            probe[(node, text)] = s[-1]
 
-        await asyncio.gather(*(one(node, gens[0].text.strip("\n"))
-                               for node, gens in zip(states, results, strict=True)
-                               if gens and gens[0].text.strip()))
-        stats["lookaheads"] = stats.get("lookaheads", 0) + len(probe)
-        return [modulate(sc, probe.get(node), self.alpha) for sc, node in zip(scores, slots, strict=True)]
+        await asyncio.gather(*(one(node, text) for node, text in wanted))
+        queues = {node: list(ts) for node, ts in texts.items()}
+        out = []
+        for sc, node in zip(scores, slots, strict=True):
+            pending = queues.get(node)
+            la = probe.get((node, pending.pop(0))) if pending else None
+            if la is not None:
+                stats["lookaheads"] = stats.get("lookaheads", 0) + 1
+            out.append(modulate(sc, la, self.alpha))
+        for node in groups:
+            got = [probe[(node, t)] for t in dict.fromkeys(texts.get(node, [])) if (node, t) in probe]
+            if got:
+                tree.set(node, lookahead_score=sum(got) / len(got))
+        return out

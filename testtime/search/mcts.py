@@ -57,6 +57,7 @@ from testtime.search.stepwise import (
     completion_request,
     expand,
     node_candidate,
+    prefix_cache_report,
     require_prm,
     score_nodes,
     state_score,
@@ -137,8 +138,12 @@ class MCTS(SearchStrategy):
         cur: int | None = node
         while cur is not None:
             attrs = tree[cur]
-            attrs["visits"] += 1
-            attrs["value"] += value
+            visits, total = attrs["visits"] + 1, attrs["value"] + value
+            if cur == 0:
+                attrs.update(visits=visits, value=total)
+            else:
+                # Traced so a reader sees the visit counts and Q that PUCT used.
+                tree.scored(cur, visits=visits, value=total, q=total / visits)
             cur = attrs["parent"]
 
     def _set_priors(self, tree: SearchTree, kids: list[int]) -> None:
@@ -148,7 +153,7 @@ class MCTS(SearchStrategy):
         else:
             priors = [1.0 / len(kids)] * len(kids)
         for k, p in zip(kids, priors, strict=True):
-            tree.set(k, prior=p)
+            tree.scored(k, prior=p)
 
     @staticmethod
     def _finished(tree: SearchTree, node: int) -> bool:
@@ -188,6 +193,7 @@ class MCTS(SearchStrategy):
             state["terminals"].append(cand)
             if ctx.verifier is not None:
                 outcome = await self._outcome(problem, ctx, cand.text, state, cand)
+                tree.scored(node, passed=bool(cand.data.get("passed")), verdict_score=float(outcome))
             else:
                 cand.score = state_score(attrs["step_scores"], ctx.prm.aggregation)  # type: ignore[union-attr]
                 outcome = cand.score
@@ -213,6 +219,7 @@ class MCTS(SearchStrategy):
     # ------------------------------------------------------------ search
     async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
         require_prm(ctx, self.name)
+        start = ctx.ledger.usage
         tree = SearchTree(ctx)
         stats: dict[str, Any] = {"iterations": 0, "expansions": 0, "prm_calls": 0, "verifier_calls": 0}
         state: dict[str, Any] = {"stats": stats, "verified": [], "terminals": [], "rollouts": {}}
@@ -248,8 +255,9 @@ class MCTS(SearchStrategy):
                 stopped = "verified"
                 break
         result = await self._finalize(problem, ctx, tree, state, stopped)
+        stats["prefix_cache"] = prefix_cache_report(ctx, start)
         ctx.tracer.emit("strategy_end", strategy=self.name, answer=result.answer,
-                        stopped_reason=result.stopped_reason)
+                        stopped_reason=result.stopped_reason, prefix_cache=stats["prefix_cache"])
         return result
 
     def _room_to_continue(self, problem: Problem, ctx: RunContext, tree: SearchTree, leaf: int) -> bool:
@@ -297,6 +305,10 @@ class MCTS(SearchStrategy):
                 best = max(candidates, key=lambda c: c.score or 0.0)
         if best is not None and best.node is not None:
             tree.select(best.node, reason="final")
+        for n in tree.graph.nodes:
+            if n != 0 and tree[n]["score"] is None and tree[n].get("prior") is not None:
+                # Never evaluated: its prior is the only number PUCT ranked it by.
+                tree.scored(n, score=float(tree[n]["prior"]), score_source="prior")
         stats["root_visits"] = tree[0]["visits"]
         return SearchResult(
             answer=best.answer if best else None,

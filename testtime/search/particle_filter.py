@@ -17,6 +17,7 @@ finished particle, or a score-weighted vote over all finished particles.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 from testtime.context import RunContext
@@ -47,7 +48,9 @@ from testtime.search.stepwise import (
     check_aggregation,
     complete,
     completion_request,
+    expand_groups,
     node_candidate,
+    prefix_cache_report,
     repeats_affordable,
     require_prm,
     run_waves,
@@ -86,6 +89,10 @@ class ParticleFilter(SearchStrategy):
             runs further independent populations (sized by what a particle
             actually cost), up to this many in all; finished particles of
             all populations compete for the answer.
+        group_requests: send the k particles on one node as one ``n=k``
+            request (default; all N at the root in one request), so the
+            prefix is sent -- and, with a prefix cache, computed -- once.
+            False sends one ``n=1`` request per particle (ablation).
     """
 
     name = "particle_filter"
@@ -95,7 +102,7 @@ class ParticleFilter(SearchStrategy):
                  transform: str = "logit", resampling: str = "multinomial", final: str = "best",
                  aggregation: str = "last", max_steps: int = 12, max_particles: int = 32,
                  default_particles: int = 8, expected_steps: int | None = None,
-                 max_populations: int = 8) -> None:
+                 max_populations: int = 8, group_requests: bool = True) -> None:
         if n_particles is not None and n_particles < 1:
             raise UserError(f"{self.name} needs n_particles >= 1, got {n_particles}")
         if temperature <= 0:
@@ -119,6 +126,7 @@ class ParticleFilter(SearchStrategy):
         self.default_particles = default_particles
         self.expected_steps = expected_steps
         self.max_populations = max(1, max_populations)
+        self.group_requests = group_requests
 
     # ------------------------------------------------------------ sizing
     def _extra_tokens_per_step(self, ctx: RunContext) -> int:
@@ -185,6 +193,7 @@ class ParticleFilter(SearchStrategy):
 
     async def search(self, problem: Problem, ctx: RunContext) -> SearchResult:
         require_prm(ctx, self.name)
+        start = ctx.ledger.usage
         tree = SearchTree(ctx)
         n = self.particle_count(problem, ctx)
         stats: dict[str, Any] = {"n_particles": n, "populations": 0, "prm_calls": 0, "rounds": 0}
@@ -201,13 +210,19 @@ class ParticleFilter(SearchStrategy):
             # the first population usually leaves budget. Spend it on further
             # independent populations sized by what a particle really cost.
             factor = self._repeat_cost_factor(problem, ctx, n)
-            n = repeats_affordable(ctx, before, n, cap=self.max_particles, safety=1.1 * factor)
+            prev = n
+            n = repeats_affordable(ctx, before, prev, cap=self.max_particles, safety=1.1 * factor)
+            if n < 2 and factor > 1.0:
+                # A lone particle runs without the extra per-step cost the
+                # factor sizes for (ePF: no look-ahead): size it as measured.
+                n = min(1, repeats_affordable(ctx, before, prev, cap=self.max_particles, safety=1.1))
             if n < 1:
                 break
             stats["n_particles_total"] = stats.get("n_particles_total", stats["n_particles"]) + n
         result = await self._finalize(problem, ctx, tree, slots, stopped, stats)
+        stats["prefix_cache"] = prefix_cache_report(ctx, start)
         ctx.tracer.emit("strategy_end", strategy=self.name, answer=result.answer,
-                        stopped_reason=result.stopped_reason)
+                        stopped_reason=result.stopped_reason, prefix_cache=stats["prefix_cache"])
         return result
 
     async def _population(self, problem: Problem, ctx: RunContext, tree: SearchTree, n: int,
@@ -219,17 +234,34 @@ class ParticleFilter(SearchStrategy):
             if not active:
                 break
             stats["rounds"] += 1
-            requests = [step_request(problem, ctx, tree.steps(slots[i])) for i in active]
+            # The k particles holding the same node share its prefix: one
+            # request with n=k per distinct node (all N at the root), so a
+            # prefix cache computes the prefix once and it is billed once.
+            groups = Counter(slots[i] for i in active)
+            if self.group_requests:
+                requests = [step_request(problem, ctx, tree.steps(node), n=k) for node, k in groups.items()]
+            else:
+                requests = [step_request(problem, ctx, tree.steps(slots[i])) for i in active]
             if not self._room_for_round(problem, ctx, tree, slots, requests):
                 # Keep what it takes to finish the best particle instead of
                 # running out mid-round with nothing complete.
                 return slots, "budget_exhausted"
-            results, refused = await run_waves(ctx, requests)
+            stats["step_requests"] = stats.get("step_requests", 0) + len(requests)
             fresh = []
-            for i, gens in zip(active, results, strict=True):
-                if gens:
-                    slots[i] = add_step_nodes(tree, slots[i], gens, max_steps=self.max_steps)[0]
-                    fresh.append(slots[i])
+            if self.group_requests:
+                _, kids_of, refused = await expand_groups(problem, ctx, tree, dict(groups),
+                                                          max_steps=self.max_steps)
+                for i in active:
+                    kids = kids_of.get(slots[i])
+                    if kids:
+                        slots[i] = kids.pop(0)
+                        fresh.append(slots[i])
+            else:  # one n=1 request per particle (ablation: what PF did before)
+                results, refused = await run_waves(ctx, requests)
+                for i, gens in zip(active, results, strict=True):
+                    if gens:
+                        slots[i] = add_step_nodes(tree, slots[i], gens, max_steps=self.max_steps)[0]
+                        fresh.append(slots[i])
             scored = await score_nodes(problem, ctx, tree, fresh, stats, how=self.aggregation)
             if refused or not scored:
                 return slots, "budget_exhausted"
@@ -241,6 +273,7 @@ class ParticleFilter(SearchStrategy):
             resample_now = self._resample_now(tree, slots, rnd)
             weights = (self._weights(scores, rnd, stats) if resample_now
                        else [1.0 / len(slots)] * len(slots))
+            self._trace_weights(tree, slots, scores, weights)
             alive = sum(not self._finished(tree, node) for node in slots)
             ctx.tracer.emit("search_round", round=rnd, alive=alive, best_score=max(scores),
                             entropy=round(normalized_entropy(weights), 6))
@@ -249,6 +282,21 @@ class ParticleFilter(SearchStrategy):
             if resample_now:
                 slots = self._resample(ctx, tree, slots, weights)
         return slots, "done"
+
+    @staticmethod
+    def _trace_weights(tree: SearchTree, slots: list[int], scores: list[float],
+                       weights: list[float]) -> None:
+        """One ``node_scored`` per distinct particle node: the score that
+        weighted it and its total normalised weight (summed over the
+        particles holding it)."""
+        total: dict[int, float] = {}
+        score_of: dict[int, float] = {}
+        for node, sc, w in zip(slots, scores, weights, strict=True):
+            total[node] = total.get(node, 0.0) + w
+            score_of.setdefault(node, sc)
+        for node, w in total.items():
+            if node != 0:
+                tree.scored(node, score=float(score_of[node]), weight=round(w, 6))
 
     def _room_for_round(self, problem: Problem, ctx: RunContext, tree: SearchTree,
                         slots: list[int], requests: list[Any]) -> bool:

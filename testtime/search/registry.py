@@ -30,6 +30,7 @@ STRATEGIES: dict[str, str] = {
     "solve_detect_verify": "testtime.search.solve_detect_verify:SolveDetectVerify",
     "code_monkeys": "testtime.search.code_monkeys:CodeMonkeys",
     "plan_and_budget": "testtime.agents.plan_and_budget:PlanAndBudget",
+    "auto": "testtime.search.auto:Auto",
 }
 
 

@@ -5,9 +5,12 @@ concurrently while their worst case fits, more as settled calls return
 slack, and the last samples are shortened to what is left (see
 :func:`~testtime.search.base.draw_solutions`); ``max_n`` caps it, and a
 given ``n`` is the user's cap. The weighted variant sums verifier (or
-aggregated PRM) scores per answer instead of counting votes; with a derived
-N it samples and scores in rounds so the budget pays for both
-(:func:`~testtime.search.best_of_n.sample_and_score`).
+aggregated PRM) scores per answer instead of counting votes. It samples
+and scores in rounds, each round's samples drawn in a share of the budget
+that leaves room to score them (as best-of-N does,
+:func:`~testtime.search.best_of_n.sample_and_score`); ``n`` then caps the
+samples. A candidate whose scoring the budget still refused casts no vote
+(it is not a vote of 0): ``stats["n_unscored"]`` counts them.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from testtime.search.base import (
     Problem,
     SearchResult,
     SearchStrategy,
+    SearchTree,
     draw_solutions,
-    normalize_answer,
+    normalized_answers,
     vote,
 )
-from testtime.search.best_of_n import sample_and_score, score_candidates, unscored_answers
+from testtime.search.best_of_n import record_candidates, sample_and_score
 
 
 class SelfConsistency(SearchStrategy):
@@ -66,19 +70,27 @@ class SelfConsistency(SearchStrategy):
             cands, stopped = await draw_solutions(problem, ctx, n=self.n, max_n=self.max_n, batch=self.batch,
                                                   min_tokens=self.min_tokens)
         else:
-            if self.n is not None:
-                cands, stopped = await draw_solutions(problem, ctx, n=self.n, batch=self.batch,
-                                                      min_tokens=self.min_tokens)
-                if not await score_candidates(problem, ctx, unscored_answers(cands)):
-                    stopped = "budget_exhausted"
-            else:
-                cands, stopped, _ = await sample_and_score(
-                    problem, ctx, max_n=self.max_n, batch=self.batch, ratio=self.score_ratio,
-                    max_rounds=None, name="wsc.samples", min_tokens=self.min_tokens)
+            # Sample-then-score rounds: never more samples than can be scored.
+            cap = self.n if self.n is not None else self.max_n
+            cands, stopped, _ = await sample_and_score(
+                problem, ctx, max_n=cap, batch=self.batch, ratio=self.score_ratio,
+                max_rounds=None, name="wsc.samples", min_tokens=self.min_tokens)
         winner, tally = vote(cands, weighted=self.weighted)
-        best = next((c for c in cands if normalize_answer(c.answer) == winner), None)
-        for c in cands:
-            c.votes = tally.get(normalize_answer(c.answer) or "", 0.0)
+        fallback = False
+        if self.weighted and winner is None and any(c.answer is not None for c in cands):
+            # The budget scored none of them: a plain majority is the best guess left.
+            winner, tally = vote(cands)
+            fallback = True
+        keys = normalized_answers(cands)
+        best = next((c for c, k in zip(cands, keys, strict=True) if k == winner), None)
+        for c, k in zip(cands, keys, strict=True):
+            c.votes = tally.get(k or "", 0.0)
+        total = sum(tally.values())
+        tree = SearchTree(ctx)
+        # Each sample is a node scored by its answer's share of the tally (the
+        # number the vote ranks by); a weighted vote's scored samples carry
+        # their own score (their vote's weight).
+        record_candidates(tree, cands, fallback=lambda c: c.votes / total if total else 0.0)
         if best is None and cands:
             best = cands[0]
         result = SearchResult(
@@ -86,9 +98,12 @@ class SelfConsistency(SearchStrategy):
             text=best.text if best else "",
             score=(tally.get(winner, 0.0) / max(sum(tally.values()), 1e-9)) if winner else None,
             candidates=cands,
+            tree=tree.graph,
             stopped_reason=stopped,
             stats={"n_requested": self.n, "n_sampled": len(cands), "tally": tally,
-                   "n_scored": sum(c.score is not None for c in cands)},
+                   "n_scored": sum(c.score is not None for c in cands),
+                   "n_unscored": sum(c.score is None and c.answer is not None for c in cands),
+                   "fallback": fallback},
         )
         ctx.tracer.emit("strategy_end", strategy=self.name, answer=result.answer, stopped_reason=stopped)
         return result

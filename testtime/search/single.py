@@ -8,6 +8,7 @@ from testtime.search.base import (
     Problem,
     SearchResult,
     SearchStrategy,
+    SearchTree,
     candidate_from,
     fit_request,
     solution_request,
@@ -37,5 +38,10 @@ class Single(SearchStrategy):
                 cand.score = verdict.score
             except SearchStop:
                 stopped = "budget_exhausted"
+        tree = SearchTree(ctx)
+        # The lone sample holds the whole vote when nothing scored it.
+        cand.node = tree.add(0, cand.text, score=1.0 if cand.score is None else cand.score,
+                             tokens=cand.tokens, terminal=True, answer=cand.answer,
+                             **({"score_source": "only_sample"} if cand.score is None else {}))
         return SearchResult(answer=cand.answer, text=cand.text, score=cand.score,
-                            candidates=[cand], stopped_reason=stopped)
+                            candidates=[cand], tree=tree.graph, stopped_reason=stopped)

@@ -1,9 +1,16 @@
 """``solve_detect_verify``: stop solving as soon as a verified answer appears.
 
 From "Solve-Detect-Verify: Inference-Time Scaling with Flexible Generative
-Verifier". The solver writes its solution in chunks of ``chunk_tokens``
-(each chunk continues the previous ones through ``request.prefix``). After
-every chunk a detector looks for a *completion point*: a stated final answer
+Verifier". The detector watches the solver as it writes. On a backend that
+streams (OpenAI-compatible servers, vLLM, llama.cpp, Anthropic) each attempt
+is **one** streamed request (``mode="stream"``, chosen by ``"auto"``): the
+detector reads the deltas and, at a completion point, closes the stream --
+the backend stops generating and the call is billed for the prompt and the
+tokens received (:func:`~testtime.search.stream_watch.generate_watched`).
+On a backend that cannot stream (the simulator, scripted fakes) the solver
+writes in chunks of ``chunk_tokens`` instead (``mode="chunks"``; each chunk
+continues the previous ones through ``request.prefix``, re-sending it).
+A *completion point* is a stated final answer
 (``\\boxed{}``, "the answer is ...") followed by the end of the chunk or by a
 hesitation marker ("Wait", "Hmm", "Alternatively", ...), where a reasoning
 model would start re-checking itself. There the solution so far (cut before
@@ -38,9 +45,18 @@ from testtime.search.base import (
     Problem,
     SearchResult,
     SearchStrategy,
+    SearchTree,
     fit_request,
 )
+from testtime.search.stream_watch import generate_watched, streams_deltas
 from testtime.verifiers.answer import extract_answer, has_final_answer
+
+#: How the solver's output is watched (see the module docstring).
+MODES = ("auto", "stream", "chunks")
+#: The end of a settled piece of text: a sentence end or closing brace
+#: followed by whitespace, or a newline. A stated answer is only trusted up
+#: to there while streaming ("The answer is 4" may still become "42").
+_SETTLED = re.compile(r"(?:[.!}]\s|\n)")
 
 #: Hesitation markers that signal self-verification has begun.
 DEFAULT_MARKERS = ("Wait", "Hmm", "Alternatively", "Let me double-check", "Let me check", "But wait")
@@ -76,14 +92,20 @@ class SolveDetectVerify(SearchStrategy):
             revises for as long as the budget pays for another attempt
             (capped at 32).
         markers: hesitation markers the detector stops at.
-        detect: check for completion points after each chunk (False: only
-            when the solver stops by itself -- plain solve-then-verify).
+        detect: check for completion points as the solver writes (False:
+            only when the solver stops by itself -- plain solve-then-verify).
+        mode: ``"stream"`` (one streamed request per attempt, stopped at the
+            completion point), ``"chunks"`` (``chunk_tokens`` per request) or
+            ``"auto"`` (stream when the backend streams).
     """
 
     name = "solve_detect_verify"
 
     def __init__(self, *, chunk_tokens: int = 64, max_revisions: int | None = None,
-                 markers: Sequence[str] = DEFAULT_MARKERS, detect: bool = True) -> None:
+                 markers: Sequence[str] = DEFAULT_MARKERS, detect: bool = True,
+                 mode: str = "auto") -> None:
+        if mode not in MODES:
+            raise UserError(f"solve_detect_verify mode must be one of {', '.join(MODES)}, got {mode!r}")
         if chunk_tokens < 1:
             raise UserError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         if max_revisions is not None and max_revisions < 0:
@@ -92,6 +114,7 @@ class SolveDetectVerify(SearchStrategy):
         self.max_revisions = max_revisions
         self.markers = tuple(markers)
         self.detect = detect
+        self.mode = mode
 
     def _request(self, problem: Problem, ctx: RunContext, history: list[dict[str, str]], prefix: str,
                  max_tokens: int) -> GenerationRequest:
@@ -100,6 +123,42 @@ class SolveDetectVerify(SearchStrategy):
             system=ctx.system_prompt or DEFAULT_SYSTEM, prefix=prefix, max_tokens=max_tokens,
             temperature=ctx.temperature, seed=ctx.next_seed(), metadata={"problem_id": problem.id})
 
+    def _streaming(self, ctx: RunContext) -> bool:
+        if self.mode == "auto":
+            return streams_deltas(ctx.model) and ctx.journal is None
+        return self.mode == "stream"
+
+    def _watch(self, text: str) -> bool:
+        """Stop the stream here? At a completion point in the settled text."""
+        if not self.detect:
+            return False
+        ends = [m.end() for m in _SETTLED.finditer(text)]
+        if not ends:
+            return False
+        return completion_point(text[: ends[-1]], self.markers, ended=False) is not None
+
+    async def _solve_stream(self, problem: Problem, ctx: RunContext, history: list[dict[str, str]],
+                            stats: dict[str, Any]) -> tuple[str, bool, bool]:
+        """One attempt as one streamed request, closed at the completion point."""
+        request = fit_request(ctx, self._request(problem, ctx, history, "", ctx.max_tokens), min_tokens=1)
+        if request is None:
+            return "", False, True
+        try:
+            gen, early = await generate_watched(ctx, request, self._watch, role="solve")
+        except SearchStop:
+            return "", False, True
+        stats["chunks"] += 1
+        text = gen.text
+        if early:
+            stats["stream_stops"] = stats.get("stream_stops", 0) + 1
+        ended = not early and gen.finish_reason != "length"
+        cut = completion_point(text, self.markers if self.detect else (), ended=ended or early)
+        if cut is not None and cut < len(text):
+            stats["early_cuts"] += 1
+            ctx.tracer.emit("note", message="solve_detect_verify: completion point before a "
+                            "hesitation marker", cut_at=cut, dropped=text[cut:cut + 80])
+        return (text[:cut].rstrip() if cut is not None else text), True, False
+
     async def _solve(self, problem: Problem, ctx: RunContext, history: list[dict[str, str]],
                      stats: dict[str, Any]) -> tuple[str, bool, bool]:
         """Generate one attempt up to its completion point.
@@ -107,6 +166,8 @@ class SolveDetectVerify(SearchStrategy):
         Returns (text, complete, refused): ``refused`` is True when the budget
         stopped the attempt.
         """
+        if self._streaming(ctx):
+            return await self._solve_stream(problem, ctx, history, stats)
         text = ""
         generated = 0
         while generated < ctx.max_tokens:
@@ -141,6 +202,8 @@ class SolveDetectVerify(SearchStrategy):
                             "(e.g. flexive:MODEL, genrm:MODEL or math)")
         ctx.tracer.emit("strategy_start", strategy=self.name, params=self.params())
         stats: dict[str, Any] = {"attempts": 0, "chunks": 0, "verifications": 0, "early_cuts": 0}
+        tree = SearchTree(ctx)
+        parent = 0  # each revision is a child of the attempt it revises
         history: list[dict[str, str]] = []
         cands: list[Candidate] = []
         stopped = "done"
@@ -150,6 +213,8 @@ class SolveDetectVerify(SearchStrategy):
             text, complete, refused = await self._solve(problem, ctx, history, stats)
             if text.strip():
                 cands.append(Candidate(text=text, answer=extract_answer(text), data={"attempt": attempt}))
+                cands[-1].node = tree.add(parent, text, terminal=True, attempt=attempt)
+                parent = cands[-1].node
             if refused:
                 stopped = "budget_exhausted"
                 break
@@ -162,6 +227,7 @@ class SolveDetectVerify(SearchStrategy):
                 break
             stats["verifications"] += 1
             cands[-1].score = verdict.score
+            tree.scored(parent, score=float(verdict.score), passed=bool(verdict.passed))
             cands[-1].data["verdict"] = verdict.detail
             if verdict.passed:
                 stopped = "verified"
@@ -169,10 +235,14 @@ class SolveDetectVerify(SearchStrategy):
             feedback = str(verdict.data.get("feedback") or verdict.detail or "the answer is wrong")
             history = [{"role": "assistant", "content": text},
                        {"role": "user", "content": REVISE.format(feedback=feedback[-1500:])}]
+        for c in cands:
+            if c.score is None and c.node is not None:
+                # Never verified (the budget ran out first): it ranks below every verified attempt.
+                tree.scored(c.node, score=0.0, score_source="unverified")
         best = _best(cands)
         result = SearchResult(answer=best.answer if best else None, text=best.text if best else "",
                               score=best.score if best else None, candidates=cands,
-                              stopped_reason=stopped, stats=stats)
+                              tree=tree.graph, stopped_reason=stopped, stats=stats)
         ctx.tracer.emit("strategy_end", strategy=self.name, answer=result.answer, stopped_reason=stopped)
         return result
 
@@ -185,4 +255,4 @@ def _best(cands: list[Candidate]) -> Candidate | None:
                                                c.answer is not None))
 
 
-__all__ = ["DEFAULT_MARKERS", "SolveDetectVerify", "completion_point"]
+__all__ = ["DEFAULT_MARKERS", "MODES", "SolveDetectVerify", "completion_point"]

@@ -96,18 +96,61 @@ async def run_waves(ctx: RunContext, requests: Sequence[GenerationRequest], *,
 
 
 def add_step_nodes(tree: SearchTree, parent: int, gens: Sequence[Generation], *,
-                   max_steps: int | None = None) -> list[int]:
-    """Add one child per generated step; a step at ``max_steps`` is capped."""
+                   max_steps: int | None = None, dedupe: bool = False) -> list[int]:
+    """Add one child per generated step; a step at ``max_steps`` is capped.
+
+    With ``dedupe`` a step whose text repeats an earlier one of ``gens`` gets
+    that child's id again instead of a new node (the returned list stays
+    aligned with ``gens``): identical states are scored and expanded once.
+    """
     out = []
+    seen: dict[str, int] = {}
     for g in gens:
         text = g.text.strip("\n")
+        if dedupe and text in seen:
+            out.append(seen[text])
+            continue
         terminal = is_terminal_step(g, text)
         node = tree.add(parent, text, tokens=g.usage.output_tokens, terminal=terminal,
                         finish_reason=g.finish_reason, logprob=g.mean_logprob())
         if not terminal and max_steps is not None and tree[node]["step"] >= max_steps:
             tree.set(node, capped=True)
+        seen[text] = node
         out.append(node)
     return out
+
+
+async def expand_groups(problem: Problem, ctx: RunContext, tree: SearchTree, groups: dict[int, int], *,
+                        max_steps: int | None = None, max_tokens: int | None = None,
+                        role: str = "solve", dedupe: bool = True,
+                        ) -> tuple[dict[int, list[Generation]], dict[int, list[int]], bool]:
+    """Sample ``k`` next steps for each ``node: k`` of ``groups``: one request with ``n=k`` per node.
+
+    The k particles (or children) that share a node share its prompt and
+    prefix, so they go out together and a backend with a prefix cache
+    (vLLM, SGLang, llama.cpp) computes that prefix once (ETS-style
+    prefix-aware batching); at the root all N go out as one ``n=N``
+    request. Requests are sent in waves that fit the budget (see
+    :func:`run_waves`).
+
+    Returns the generations and the child ids per node (aligned; with
+    ``dedupe`` identical steps share a child), and whether a request was
+    refused. With ``max_tokens`` the steps are short look-ahead probes and
+    are not added to the tree (the ids map is empty).
+    """
+    nodes = [n for n, k in groups.items() if k > 0]
+    requests = [step_request(problem, ctx, tree.steps(n), n=groups[n], max_tokens=max_tokens)
+                for n in nodes]
+    results, refused = await run_waves(ctx, requests, role=role)
+    gens_of: dict[int, list[Generation]] = {}
+    kids_of: dict[int, list[int]] = {}
+    for n, gens in zip(nodes, results, strict=True):
+        if not gens:
+            continue
+        gens_of[n] = list(gens)
+        if max_tokens is None:
+            kids_of[n] = add_step_nodes(tree, n, gens, max_steps=max_steps, dedupe=dedupe)
+    return gens_of, kids_of, refused
 
 
 async def expand(problem: Problem, ctx: RunContext, tree: SearchTree, node: int, k: int, *,
@@ -145,7 +188,7 @@ async def score_nodes(problem: Problem, ctx: RunContext, tree: SearchTree, nodes
         except SearchStop:
             return False
         stats["prm_calls"] = stats.get("prm_calls", 0) + 1
-        tree.set(n, step_scores=[float(s) for s in scores], score=state_score(scores, how))
+        tree.scored(n, score=state_score(scores, how), step_scores=[float(s) for s in scores])
         return True
 
     ok = await asyncio.gather(*(one(n) for n in todo))
@@ -252,6 +295,36 @@ def trajectory_cost(problem: Problem, ctx: RunContext, steps: int, *,
         if extra_tokens_per_step:
             total = total + ctx.model.worst_case(request.with_(max_tokens=extra_tokens_per_step))
     return total
+
+
+def scale_usage(u: Usage, factor: float) -> Usage:
+    """``u`` multiplied by ``factor`` (rounded up on integer fields)."""
+    return Usage(input_tokens=math.ceil(u.input_tokens * factor),
+                 output_tokens=math.ceil(u.output_tokens * factor),
+                 calls=math.ceil(u.calls * factor), usd=u.usd * factor)
+
+
+def diff_usage(after: Usage, before: Usage) -> Usage:
+    """What was spent between two ledger readings."""
+    return Usage(input_tokens=after.input_tokens - before.input_tokens,
+                 output_tokens=after.output_tokens - before.output_tokens,
+                 cached_tokens=after.cached_tokens - before.cached_tokens,
+                 calls=after.calls - before.calls, usd=after.usd - before.usd)
+
+
+def prefix_cache_report(ctx: RunContext, before: Usage | None = None) -> dict[str, Any]:
+    """Prompt tokens sent, how many the backend served from its prefix cache,
+    and the tokens it actually computed (prompt not cached + output), since
+    ``before`` (a ledger usage reading; None: the whole ledger).
+
+    ``cached_ratio`` is None when the backend reported no cached tokens at
+    all (many do not report them; a ratio of 0 would claim a cache miss).
+    """
+    used = ctx.ledger.usage if before is None else diff_usage(ctx.ledger.usage, before)
+    ratio = (used.cached_tokens / used.input_tokens) if used.input_tokens and used.cached_tokens else None
+    return {"prompt_tokens": used.input_tokens, "cached_prompt_tokens": used.cached_tokens,
+            "cached_ratio": None if ratio is None else round(ratio, 4),
+            "computed_tokens": used.input_tokens - used.cached_tokens + used.output_tokens}
 
 
 def affordable_count(ctx: RunContext, cost: Usage) -> float:

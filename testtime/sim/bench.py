@@ -8,6 +8,14 @@ to ``tokens=BUDGET`` and the same per-problem seed, so strategies see the
 same problems and the same random stream (common random numbers). Problems
 run concurrently with asyncio.
 
+Strategy names may carry options, ``"mcts(logprob_prior=false)"`` or
+``"beam(beam_width=2,expansions=2)"`` (:func:`parse_strategy_spec`), so
+ablations are rows of the same table. :func:`run_problem` runs one cell on
+one problem and returns it as a results-store row (the ``results.jsonl``
+schema of ``testtime bench``, with every drawn candidate under ``samples``
+and the hidden difficulty); :func:`run_seeds` repeats :func:`run_bench` over
+several seeds and reports mean and spread per cell.
+
 Per row it reports accuracy (normalised answer == reference), the mean
 tokens spent, the mean and the largest spent/limit ratio (the mean says how
 much of the budget a strategy uses; the largest must be <= 1: the budget
@@ -18,12 +26,17 @@ strategy spent nothing on role ``"verify"``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib.util
+import json
+import re
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from testtime.api import usage_report
 from testtime.budget import Budget
 from testtime.errors import CapabilityError, UserError
 from testtime.search.base import Problem, SearchStrategy
@@ -34,6 +47,7 @@ from testtime.verifiers.answer import normalize_answer
 #: Strategies the simulator cannot exercise meaningfully, and why.
 NOT_ON_SIM: dict[str, str] = {
     "plan_and_budget": "decomposes a question into sub-questions; simulator tasks have none",
+    "code_monkeys": "writes and tests programs; simulator tasks are arithmetic, not code",
 }
 
 DEFAULT_BUDGETS: tuple[int, ...] = (2000, 8000, 32000)
@@ -109,13 +123,14 @@ def resolve_strategies(names: str | Sequence[str] | None) -> tuple[list[str], li
     if names is None:
         requested = [s for s in STRATEGIES if s not in NOT_ON_SIM]
     elif isinstance(names, str):
-        requested = [n.strip().lower().replace("-", "_") for n in names.split(",") if n.strip()]
+        requested = [n.strip() for n in _split_specs(names) if n.strip()]
     else:
         requested = list(names)
     if not requested:
         raise UserError("--strategies is empty; give names like best_of_n,beam")
     runnable, notes = [], []
-    for name in requested:
+    for spec in requested:
+        name, _ = parse_strategy_spec(spec)
         if name not in STRATEGIES:
             raise UserError(f"unknown strategy {name!r}; choose from: {', '.join(default_strategies())}")
         if name in NOT_ON_SIM:
@@ -125,31 +140,150 @@ def resolve_strategies(names: str | Sequence[str] | None) -> tuple[list[str], li
         if importlib.util.find_spec(module) is None:
             notes.append(f"skipped {name}: module {module} is not in this install")
             continue
-        runnable.append(name)
+        runnable.append(spec)
     return runnable, notes
+
+
+_SPEC = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(?:\((.*)\))?\s*$")
+
+
+def _split_specs(text: str) -> list[str]:
+    """Split ``"a,b(x=1,y=2),c"`` at the commas outside parentheses."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+            continue
+        depth += ch == "("
+        depth -= ch == ")"
+        cur += ch
+    out.append(cur)
+    return out
+
+
+def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"mcts(logprob_prior=false,c_puct=2)"`` -> ``("mcts", {"logprob_prior": False, "c_puct": 2})``.
+
+    Values are JSON (``true``, ``2``, ``0.5``, ``"x"``), else strings.
+
+    Raises:
+        UserError: a malformed spec.
+    """
+    m = _SPEC.match(spec)
+    if m is None:
+        raise UserError(f"bad strategy spec {spec!r}: expected NAME or NAME(key=value,...)")
+    name = m.group(1).lower().replace("-", "_")
+    options: dict[str, Any] = {}
+    for part in _split_specs(m.group(2) or ""):
+        if not part.strip():
+            continue
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"bad option {part!r} in strategy spec {spec!r}: expected key=value")
+        try:
+            options[key.strip()] = json.loads(value.strip())
+        except ValueError:
+            options[key.strip()] = value.strip()
+    return name, options
+
+
+def strategy_from_spec(spec: str) -> SearchStrategy:
+    """The strategy a spec names, with its options (see :func:`parse_strategy_spec`)."""
+    name, options = parse_strategy_spec(spec)
+    return make_strategy(name, **options)
 
 
 def _label(scorer: Any) -> str:
     return str(getattr(scorer, "spec", None) or getattr(scorer, "name", None) or type(scorer).__name__)
 
 
-async def _one(strategy: SearchStrategy, suite: Suite, problem: Problem, budget: int, seed: int,
-               shared: dict[str, Any]) -> tuple[bool, float, str, bool]:
+def _draw_order(cands: Sequence[Any]) -> list[Any]:
+    # Strategies may return candidates ranked; node ids record the order drawn.
+    if cands and all(getattr(c, "node", None) is not None for c in cands):
+        return sorted(cands, key=lambda c: c.node)
+    return list(cands)
+
+
+def _config_hash(suite: Suite, spec: str, budget: int, scorer: str) -> str:
+    text = json.dumps([suite.name, spec, budget, scorer, suite.policy, suite.policy_options, suite.prm,
+                       suite.prm_options, suite.verifier], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+async def run_problem(strategy: SearchStrategy, suite: Suite, problem: Problem, budget: int, seed: int,
+                      shared: dict[str, Any] | None = None, *, label: str | None = None,
+                      run_seed: int | None = None) -> dict[str, Any]:
+    """Run one strategy on one problem under ``tokens=budget``; return a results-store row.
+
+    The row follows the ``results.jsonl`` schema of ``testtime bench``
+    (``v, config_hash, dataset, problem_id, strategy, budget, seed, answer,
+    correct, stopped_reason, usage, seconds, trace_id, samples, difficulty``)
+    plus ``used_scorer`` (True when anything was spent on role ``verify``).
+    ``samples`` lists every candidate the result reports, in draw order, as
+    ``{"answer", "correct", "score"}``; ``difficulty`` is the hidden true
+    difficulty (for analysis only: strategies never see it).
+
+    Args:
+        strategy: the strategy object.
+        suite: where the models come from.
+        problem: the problem.
+        budget: token limit of this run's ledger.
+        seed: the run's random seed (the per-problem stream).
+        shared: ``{"policy", "prm", "verifier"}`` model objects to reuse
+            (None: made from the suite).
+        label: the strategy spec written to the row (default ``strategy.name``).
+        run_seed: the bench seed written to the row (default ``seed``).
+    """
+    shared = shared or {"policy": suite.make_policy(), "prm": suite.make_prm(),
+                        "verifier": suite.make_verifier()}
     ctx = suite.context(Budget(tokens=budget), seed=seed, model=shared["policy"],
                         prm_model=shared["prm"], verifier_model=shared["verifier"])
+    t0 = time.monotonic()
     result = await strategy.search(problem, ctx)
     if ctx.ledger.open_reservations():
         raise RuntimeError(f"{strategy.name} left {ctx.ledger.open_reservations()} open reservations")
-    correct = (result.answer is not None
-               and normalize_answer(result.answer) == normalize_answer(problem.answer))
-    used_scorer = "verify" in ctx.ledger.usage_by_role()
-    return correct, ctx.ledger.spent("tokens"), result.stopped_reason, used_scorer
+    ref = normalize_answer(problem.answer)
+
+    def right(answer: str | None) -> bool | None:
+        if ref is None:
+            return None
+        return answer is not None and normalize_answer(answer) == ref
+
+    samples = [{"answer": c.answer, "correct": right(c.answer),
+                "score": None if c.score is None else round(float(c.score), 6)}
+               for c in _draw_order(result.candidates)]
+    scorer = shared["verifier"] if shared["verifier"] is not None else shared["prm"]
+    spec = label or strategy.name
+    return {
+        "v": 1, "config_hash": _config_hash(suite, spec, budget, _label(scorer) if scorer else "-"),
+        "dataset": f"sim:{suite.name}", "problem_id": problem.id, "strategy": spec,
+        "budget": f"tokens={budget}", "seed": seed if run_seed is None else run_seed,
+        "answer": result.answer, "correct": right(result.answer),
+        "stopped_reason": result.stopped_reason, "usage": usage_report(ctx.ledger),
+        "seconds": round(time.monotonic() - t0, 4), "trace_id": None, "samples": samples,
+        "difficulty": problem.meta.get("difficulty"),
+        "used_scorer": "verify" in ctx.ledger.usage_by_role(),
+        "stats": _small_stats(result.stats),
+    }
+
+
+def _small_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    # Keep what is small and JSON-able (auto's choice, counts), not tallies.
+    out = {}
+    for k, v in stats.items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        elif k == "auto" and isinstance(v, dict):
+            out[k] = {kk: vv for kk, vv in v.items() if isinstance(vv, (int, float, str, bool)) or vv is None}
+    return out
 
 
 async def run_bench(*, suite: str | Suite = "calibrated", strategies: str | Sequence[str] | None = None,
                     budgets: str | Sequence[int] | None = None, problems: int = DEFAULT_PROBLEMS,
                     seed: int = 0, concurrency: int = 64, prm: str | None = None,
-                    verifier: str | None = None) -> BenchReport:
+                    verifier: str | None = None,
+                    records: list[dict[str, Any]] | None = None) -> BenchReport:
     """Run the comparison and return its rows.
 
     Args:
@@ -162,6 +296,8 @@ async def run_bench(*, suite: str | Suite = "calibrated", strategies: str | Sequ
         prm / verifier: specs (``--prm`` / ``--verifier`` forms) replacing the
             suite's own simulated PRM / verifier, e.g. ``verifier="math"``
             (simulated problems carry their reference answer).
+        records: when given, every per-problem results-store row
+            (:func:`run_problem`) is appended to it.
 
     Raises:
         UserError: unknown suite/strategy or bad budgets.
@@ -187,12 +323,17 @@ async def run_bench(*, suite: str | Suite = "calibrated", strategies: str | Sequ
     t_start = time.monotonic()
     for name in names:
         for budget in sizes:
-            strategy = make_strategy(name)
+            try:
+                strategy = strategy_from_spec(name)
+            except UserError as exc:
+                report.notes.append(f"skipped {name}: {exc}")
+                break
 
             async def limited(i: int, p: Problem, strategy: SearchStrategy = strategy,
-                              budget: int = budget) -> tuple[bool, float, str, bool]:
+                              budget: int = budget, name: str = name) -> dict[str, Any]:
                 async with sem:
-                    return await _one(strategy, the_suite, p, budget, seed * 100_003 + i, shared)
+                    return await run_problem(strategy, the_suite, p, budget, seed * 100_003 + i, shared,
+                                             label=name, run_seed=seed)
 
             t0 = time.monotonic()
             try:
@@ -203,16 +344,19 @@ async def run_bench(*, suite: str | Suite = "calibrated", strategies: str | Sequ
             except Exception as exc:  # a broken strategy must not hide the others' rows
                 report.notes.append(f"error in {name} at {budget} tokens: {type(exc).__name__}: {exc}")
                 continue
+            if records is not None:
+                records.extend(results)
             n = len(results)
+            spent = [float(r["usage"]["tokens"]) for r in results]
             report.rows.append(BenchRow(
                 strategy=name, budget=budget,
-                accuracy=sum(r[0] for r in results) / n,
-                mean_tokens=sum(r[1] for r in results) / n,
-                mean_spend_ratio=sum(r[1] for r in results) / n / budget,
-                max_spend_ratio=max(r[1] for r in results) / budget,
-                prm=scorer if any(r[3] for r in results) else None,
+                accuracy=sum(bool(r["correct"]) for r in results) / n,
+                mean_tokens=sum(spent) / n,
+                mean_spend_ratio=sum(spent) / n / budget,
+                max_spend_ratio=max(spent) / budget,
+                prm=scorer if any(r["used_scorer"] for r in results) else None,
                 problems=n,
-                budget_exhausted=sum(r[2] == "budget_exhausted" for r in results),
+                budget_exhausted=sum(r["stopped_reason"] == "budget_exhausted" for r in results),
                 seconds=time.monotonic() - t0,
             ))
     report.seconds = time.monotonic() - t_start
@@ -257,4 +401,108 @@ def markdown(report: BenchReport) -> str:
         lines.append(f"| {r.strategy} | {r.budget:,} | {r.accuracy:.3f} | {r.mean_tokens:,.0f} | "
                      f"{r.mean_spend_ratio:.3f} | {r.max_spend_ratio:.3f} | "
                      f"{r.budget_exhausted}/{r.problems} | {r.prm or '-'} |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeedRow:
+    """One (strategy, budget) cell over several seeds: mean and spread."""
+
+    strategy: str
+    budget: int
+    accuracies: tuple[float, ...]
+    mean_tokens: float
+    max_spend_ratio: float
+    prm: str | None
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def sd(self) -> float:
+        """Sample standard deviation over seeds (0 with one seed)."""
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    @property
+    def low(self) -> float:
+        return min(self.accuracies)
+
+    @property
+    def high(self) -> float:
+        return max(self.accuracies)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "budget": self.budget, "mean": round(self.mean, 4),
+                "sd": round(self.sd, 4), "min": round(self.low, 4), "max": round(self.high, 4),
+                "accuracies": [round(a, 4) for a in self.accuracies],
+                "mean_tokens": round(self.mean_tokens, 1), "max_spend_ratio": round(self.max_spend_ratio, 4),
+                "prm": self.prm}
+
+
+@dataclass(slots=True, kw_only=True)
+class SeedsReport:
+    """:func:`run_seeds`'s result: per-cell mean/spread plus the per-seed reports."""
+
+    suite: str
+    seeds: tuple[int, ...]
+    rows: list[SeedRow] = field(default_factory=list)
+    reports: list[BenchReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def row(self, strategy: str, budget: int) -> SeedRow | None:
+        return next((r for r in self.rows if r.strategy == strategy and r.budget == budget), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "seeds": list(self.seeds), "rows": [r.to_dict() for r in self.rows],
+                "seconds": round(self.seconds, 3)}
+
+
+async def run_seeds(*, seeds: Sequence[int], records: list[dict[str, Any]] | None = None,
+                    **kwargs: Any) -> SeedsReport:
+    """:func:`run_bench` once per seed (different problems and random streams).
+
+    Keyword arguments go to :func:`run_bench`. Each cell's accuracy is
+    reported per seed, with mean, sample standard deviation, min and max.
+    """
+    if not seeds:
+        raise UserError("give at least one seed")
+    t0 = time.monotonic()
+    reports = [await run_bench(seed=s, records=records, **kwargs) for s in seeds]
+    out = SeedsReport(suite=reports[0].suite, seeds=tuple(seeds), reports=reports)
+    cells: dict[tuple[str, int], list[BenchRow]] = {}
+    for rep in reports:
+        for r in rep.rows:
+            cells.setdefault((r.strategy, r.budget), []).append(r)
+    for (strategy, budget), rows in cells.items():
+        out.rows.append(SeedRow(strategy=strategy, budget=budget, accuracies=tuple(r.accuracy for r in rows),
+                                mean_tokens=statistics.fmean(r.mean_tokens for r in rows),
+                                max_spend_ratio=max(r.max_spend_ratio for r in rows),
+                                prm=next((r.prm for r in rows if r.prm), None)))
+    out.seconds = time.monotonic() - t0
+    return out
+
+
+def seeds_markdown(report: SeedsReport, *, baseline: str | None = "best_of_n") -> str:
+    """Mean +- sd (min-max) per cell; with ``baseline``, the mean difference to it and
+    on how many seeds the strategy beat / tied / lost to it."""
+    head = "| strategy | budget | accuracy mean +- sd | min-max | mean tokens | max spend/limit |"
+    sep = "|---|---:|---:|---:|---:|---:|"
+    if baseline:
+        head += f" vs {baseline} (mean, W/T/L) |"
+        sep += "---:|"
+    lines = [head, sep]
+    for r in report.rows:
+        line = (f"| {r.strategy} | {r.budget:,} | {r.mean:.3f} +- {r.sd:.3f} | {r.low:.3f}-{r.high:.3f} | "
+                f"{r.mean_tokens:,.0f} | {r.max_spend_ratio:.3f} |")
+        if baseline:
+            base = report.row(baseline, r.budget)
+            if base is None or r.strategy == baseline:
+                line += " - |"
+            else:
+                pairs = list(zip(r.accuracies, base.accuracies, strict=False))
+                w = sum(a > b for a, b in pairs)
+                t = sum(a == b for a, b in pairs)
+                line += f" {r.mean - base.mean:+.3f} ({w}/{t}/{len(pairs) - w - t}) |"
+        lines.append(line)
     return "\n".join(lines)

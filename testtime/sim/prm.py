@@ -23,7 +23,24 @@ are calibrated; ``sigma`` sets how informative they are. Variants
   uninformative (AUROC ~0.70) but extreme, so about 3 in 10 early steps get a
   *confidently wrong* score (> 0.9 when wrong, < 0.1 when right) and PF
   weights at step 1-2 put almost all mass on an essentially arbitrary
-  particle.
+  particle;
+* ``biased`` -- noisier (sigma 1.0) and with both systematic errors below:
+  a favoured wrong answer on 40% of problems and a length bias.
+
+Two *systematic* errors can be switched on (every real PRM has some; the
+``biased`` variant has both):
+
+* a **favoured wrong answer**: on a fraction ``favoured_rate`` of the
+  problems (chosen by the PRM seed) the PRM is fooled by one wrong
+  trajectory -- the one that slips onto the task's least popular distractor
+  (``favoured_rank=-1``) -- and scores its steps like right steps, with mean
+  ``favoured_mu * mu`` (> 1: *above* right ones). Such an answer is rare in
+  samples but top-scored when it appears, so best-of-N gets *worse* as N
+  grows (it finds it), while Best-of-Majority's frequency filter drops it:
+  the regime Best-of-Majority was designed for;
+* a **length bias**: ``length_bias`` is added to the evidence ``z`` per 100%
+  of extra length of a step over ``length_ref`` words, so long (padded)
+  steps look better regardless of correctness.
 
 Scores are deterministic for a given (PRM seed, question, step texts): scoring
 the same prefix twice gives the same numbers, as a real PRM would.
@@ -73,6 +90,13 @@ class PRMConfig:
         token_scale: fraction of the tokens read that is billed.
         price: USD per million tokens.
         seed: selects the noise draw (a different seed is a different PRM).
+        favoured_rate: fraction of problems with a favoured wrong answer.
+        favoured_mu: signal of steps on the favoured wrong trajectory, in
+            units of ``mu`` (1: like right steps; 1.5: better than right).
+        favoured_rank: which distractor is favoured (index into the task's
+            distractors, most popular first; -1: the least popular).
+        length_bias: evidence added per 100% of extra step length.
+        length_ref: the step length (words) with no length bonus.
     """
 
     mu: float = 1.0
@@ -83,6 +107,11 @@ class PRMConfig:
     token_scale: float = 0.25
     price: Price = Price(0.1, 0.1)
     seed: int = 0
+    favoured_rate: float = 0.0
+    favoured_mu: float = 1.5
+    favoured_rank: int = -1
+    length_bias: float = 0.0
+    length_ref: int = 45
 
 
 #: Named PRM variants for ``sim:NAME`` (plain ``sim`` is ``calibrated``).
@@ -96,6 +125,9 @@ PRMS: dict[str, PRMConfig] = {
     # right ones < 0.1. Steps 3+ (every final-answer step in the suites) are
     # calibrated, so the damage is confined to early resampling decisions.
     "overconfident_strong": PRMConfig(early_steps=2, early_sigma=3.0, early_gain=16.0),
+    # Systematic errors: on 40% of problems one rare wrong answer scores
+    # above the right one; long steps get a bonus; noisier overall.
+    "biased": PRMConfig(sigma=1.0, early_sigma=1.0, favoured_rate=0.4, favoured_mu=1.5, length_bias=0.5),
 }
 
 
@@ -125,6 +157,39 @@ def _step_ok(task: SimTask, text: str) -> bool:
     if "answer" in text.lower():
         return normalize_answer(extract_answer(text)) == str(task.answer)
     return True
+
+
+def _step_offset(task: SimTask, text: str) -> int | None:
+    """How far the total (or final answer) a step states is from the right one; None: states none."""
+    m = _VALUE.search(text)
+    if m is not None:
+        j = int(m.group(1))
+        if 1 <= j <= task.n_steps:
+            return int(m.group(2)) - task.totals[j - 1]
+        return None
+    if "answer" in text.lower():
+        ans = normalize_answer(extract_answer(text))
+        try:
+            return int(ans) - task.answer if ans is not None else None
+        except ValueError:
+            return None
+    return None
+
+
+def favoured_offset(config: PRMConfig, task: SimTask) -> int | None:
+    """The wrong-answer offset this PRM favours on ``task`` (None: none on this task)."""
+    if config.favoured_rate <= 0:
+        return None
+    u = zlib.crc32(f"sim-prm-favoured:{config.seed}:{task.id}".encode()) / 2**32
+    if u >= config.favoured_rate:
+        return None
+    return task.distractors[config.favoured_rank]
+
+
+def favoured_answer(config: PRMConfig, task: SimTask) -> str | None:
+    """The favoured wrong final answer as text (for analysis and tests)."""
+    off = favoured_offset(config, task)
+    return None if off is None else str(task.answer + off)
 
 
 def _sigmoid(x: float) -> float:
@@ -172,10 +237,11 @@ class SimPRMModel(Model):
         return [Generation(text=text, finish_reason="eos", usage=usage, model=self.name, raw=scores)]
 
     def scores(self, task: SimTask, steps: Sequence[str]) -> list[float]:
-        """Noisy calibrated scores, deterministic in (seed, task, step texts)."""
+        """Noisy scores, deterministic in (seed, task, step texts)."""
         cfg = self.config
         out = []
-        ok = True
+        state = "ok"  # "ok": still right; "fav": on the favoured wrong trajectory; "bad"
+        fav = favoured_offset(cfg, task)
         crc = zlib.crc32(task.id.encode())
         for i, text in enumerate(steps):
             crc = zlib.crc32(text.encode(), crc)
@@ -183,18 +249,35 @@ class SimPRMModel(Model):
             # (keyed by the whole prefix through its CRC chain) saves the work.
             hit = self._memo.get((crc, i))
             if hit is None:
-                ok = ok and _step_ok(task, text)
+                state = _next_state(task, text, state, fav)
                 early = i < cfg.early_steps
                 sigma = cfg.early_sigma if early else cfg.sigma
                 gain = cfg.early_gain if early else 1.0
-                z = (cfg.mu if ok else -cfg.mu) + random.Random(hash((cfg.seed, crc))).gauss(0.0, sigma)
-                hit = (ok, _sigmoid(gain * 2.0 * cfg.mu * z / (sigma * sigma)))
+                mean = {"ok": cfg.mu, "fav": cfg.favoured_mu * cfg.mu, "bad": -cfg.mu}[state]
+                z = mean + random.Random(hash((cfg.seed, crc))).gauss(0.0, sigma)
+                if cfg.length_bias:
+                    z += cfg.length_bias * (count_words(text) / cfg.length_ref - 1.0)
+                hit = (state, _sigmoid(gain * 2.0 * cfg.mu * z / (sigma * sigma)))
                 if len(self._memo) > 200_000:
                     self._memo.clear()
                 self._memo[(crc, i)] = hit
-            ok = hit[0]
+            state = hit[0]
             out.append(hit[1])
         return out
+
+
+def _next_state(task: SimTask, text: str, state: str, fav: int | None) -> str:
+    """The trajectory's state after one more step."""
+    if state == "bad":
+        return "bad"
+    if state == "ok" and _step_ok(task, text):
+        return "ok"
+    if fav is None:
+        return "bad"
+    off = _step_offset(task, text)
+    if off is None:
+        return state if state == "fav" else "bad"
+    return "fav" if off == fav else "bad"
 
 
 class SimPRM(ProcessRewardModel):
@@ -251,7 +334,8 @@ def load(name: str = "", **options: Any) -> SimPRM:
     options = dict(options)
     options.pop("ctx", None)
     aggregation = str(options.pop("aggregation", "min"))
-    fields = {"mu", "sigma", "early_steps", "early_sigma", "early_gain", "token_scale", "seed"}
+    fields = {"mu", "sigma", "early_steps", "early_sigma", "early_gain", "token_scale", "seed",
+              "favoured_rate", "favoured_mu", "favoured_rank", "length_bias", "length_ref"}
     unknown = set(options) - fields
     if unknown:
         raise UserError(f"unknown option(s) for PRM sim:{name}: {', '.join(sorted(unknown))}; "
@@ -260,4 +344,6 @@ def load(name: str = "", **options: Any) -> SimPRM:
     cfg = replace(base, **changes) if changes else base
     if cfg.sigma <= 0 or cfg.early_sigma <= 0 or cfg.token_scale < 0:
         raise UserError("sim PRM needs sigma > 0, early_sigma > 0 and token_scale >= 0")
+    if not 0.0 <= cfg.favoured_rate <= 1.0 or cfg.length_ref < 1:
+        raise UserError("sim PRM needs favoured_rate in [0, 1] and length_ref >= 1")
     return SimPRM(name, cfg, aggregation=aggregation)

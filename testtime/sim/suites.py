@@ -12,7 +12,21 @@ problems. Suites (:data:`SUITES`):
 * ``hard`` -- hard problems (difficulty 0.55-0.95), calibrated PRM, where
   the most popular answer is often a distractor;
 * ``verifier`` -- mixed difficulty, calibrated PRM plus an outcome verifier
-  with 5% false positives/negatives (best-of-N then ranks by the verifier).
+  with 5% false positives/negatives (best-of-N then ranks by the verifier);
+* ``mixed`` -- the widest difficulty range (0.05-0.95: from nearly always
+  solved to nearly never), calibrated PRM: where the best strategy differs
+  by difficulty, the suite ``--strategy auto`` is fitted and judged on;
+* ``biased`` -- mixed difficulty, a PRM with systematic errors (a favoured
+  wrong answer on 40% of problems, a length bias; see ``testtime.sim.prm``):
+  the regime Best-of-Majority targets;
+* ``mixed_biased`` -- the ``mixed`` problems scored by the ``biased`` PRM;
+* ``logprob_oracle`` -- like ``calibrated`` but the policy's logprobs are a
+  near-oracle (AUROC 0.99 instead of the default 0.65), for the ablation of
+  MCTS's logprob priors.
+
+Every suite uses the honest defaults of the simulator: difficulty hidden
+from the question, token logprobs with AUROC 0.65, hesitation markers in 15%
+of steps (``testtime.sim.policy``).
 """
 
 from __future__ import annotations
@@ -101,6 +115,14 @@ SUITES: dict[str, Suite] = {
               difficulty=(0.55, 0.95)),
         Suite(name="verifier", description="mixed difficulty, calibrated PRM + outcome verifier",
               verifier="default"),
+        Suite(name="mixed", description="difficulty 0.05-0.95 (easy to hopeless), calibrated PRM",
+              difficulty=(0.05, 0.95)),
+        Suite(name="biased", description="mixed difficulty, PRM with a favoured wrong answer and a length bias",
+              prm="biased"),
+        Suite(name="mixed_biased", description="difficulty 0.05-0.95, PRM with systematic errors (biased)",
+              difficulty=(0.05, 0.95), prm="biased"),
+        Suite(name="logprob_oracle", description="mixed difficulty, near-oracle token logprobs (AUROC 0.99)",
+              policy_options={"logprob_auroc": 0.99}),
     ]
 }
 

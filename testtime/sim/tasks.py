@@ -10,8 +10,17 @@ The question text carries everything the simulator needs, so any component
 that only sees the question (the policy model behind ``ctx.generate``, the
 simulated PRM and verifier) can rebuild the task without a shared registry::
 
-    [sim 7-12 d=0.55] Start from 17. Add 5, then subtract 3, then add 12.
+    [sim 7-12 #2k] Start from 17. Add 5, then subtract 3, then add 12.
     What number do you end with?
+
+The difficulty is **not readable** from the question: the tag carries it as
+an opaque code (``#2k``: the difficulty in hundredths plus a keyed hash of
+the task id, mod 101, in base 36), so a strategy that reads the question
+learns nothing about how hard it is (the values look uniform; see
+``tests/sim/test_honest_sim.py``). Only the simulated models decode it.
+Strategies that want a difficulty estimate must earn it from samples (that
+is what ``--strategy auto`` does). Old questions with a plain ``d=0.55`` tag
+are still parsed.
 
 A question without that tag (e.g. typed by hand to ``--model sim``) gets a
 task derived from a hash of its text, so the simulator still answers it
@@ -37,7 +46,8 @@ from testtime.search.base import Problem
 #: Weights of the distractor offsets (first is the most popular wrong answer).
 DISTRACTOR_WEIGHTS: tuple[float, ...] = (0.35, 0.25, 0.2, 0.2)
 _OFFSETS = (-10, -2, -1, 1, 2, 10, -5, 5, 3, -3)
-_TAG = re.compile(r"^\[sim (\S+) d=([0-9.]+)\]")
+_TAG = re.compile(r"^\[sim (\S+) (?:#([0-9a-z]+)|d=([0-9.]+))\]")
+_CODE_MOD = 101  # difficulties are hundredths 0..100
 _OP = re.compile(r"\b(add|subtract) (\d+)", re.I)
 _START = re.compile(r"Start from (-?\d+)")
 
@@ -77,13 +87,38 @@ class SimTask:
     def question(self) -> str:
         parts = [f"{'add' if op >= 0 else 'subtract'} {abs(op)}" for op in self.ops]
         ops = ", then ".join(parts)
-        return (f"[sim {self.id} d={self.difficulty:.2f}] Start from {self.start}. "
+        return (f"[sim {self.id} #{encode_difficulty(self.id, self.difficulty)}] Start from {self.start}. "
                 f"{ops[0].upper()}{ops[1:]}. What number do you end with?")
 
     def problem(self) -> Problem:
         """The task as a :class:`Problem` (reference answer and difficulty included)."""
         return Problem(question=self.question, answer=str(self.answer), id=self.id,
                        meta={"difficulty": self.difficulty, "steps": self.n_steps, "sim": True})
+
+
+def _difficulty_key(task_id: str) -> int:
+    return zlib.crc32(f"sim-difficulty-key:{task_id}".encode()) % _CODE_MOD
+
+
+def _base36(value: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        value, r = divmod(value, 36)
+        out = digits[r] + out
+        if not value:
+            return out
+
+
+def encode_difficulty(task_id: str, difficulty: float) -> str:
+    """The opaque tag code for ``difficulty`` (hundredths + keyed hash, mod 101, base 36)."""
+    hundredths = int(round(min(max(difficulty, 0.0), 1.0) * 100))
+    return _base36((hundredths + _difficulty_key(task_id)) % _CODE_MOD)
+
+
+def decode_difficulty(task_id: str, code: str) -> float:
+    """Inverse of :func:`encode_difficulty` (simulator-internal: strategies never call it)."""
+    return ((int(code, 36) - _difficulty_key(task_id)) % _CODE_MOD) / 100
 
 
 @lru_cache(maxsize=8192)
@@ -149,9 +184,13 @@ def task_from_question(question: str) -> SimTask:
     start = _START.search(question)
     ops = _OP.findall(question)
     if match and start and ops:
+        if match.group(2) is not None:
+            difficulty = decode_difficulty(match.group(1), match.group(2))
+        else:
+            difficulty = float(match.group(3))
         return SimTask(
             id=match.group(1),
-            difficulty=float(match.group(2)),
+            difficulty=difficulty,
             start=int(start.group(1)),
             ops=tuple(int(v) if w.lower() == "add" else -int(v) for w, v in ops),
             distractors=_distractors(match.group(1)),

@@ -494,14 +494,56 @@ class ConfidencePRM(ProcessRewardModel):
         self.cache_size = cache_size
         self._recorded: dict[str, float] = {}
         self._probed: dict[tuple[str, str], float] = {}
+        self._solutions: list[tuple[str, tuple[TokenLogprob, ...]]] = []
 
     def record(self, step_text: str, logprobs: Sequence[TokenLogprob] | None) -> None:
-        """Remember the logprobs a step was generated with (scored for free later)."""
-        c = confidence(logprobs or (), self.metric)
+        """Remember the logprobs a step (or a whole solution) was generated with.
+
+        A single step is scored for free later. A full solution is kept too
+        and split into its steps when :meth:`score_steps` knows the step
+        delimiter, each step scored from the tokens that fall inside it, so
+        best-of-N / weighted SC samples drawn with logprobs need no probe
+        requests either.
+        """
+        lps = tuple(logprobs or ())
+        c = confidence(lps, self.metric)
         if c is not None:
-            if len(self._recorded) >= self.cache_size:
-                self._recorded.pop(next(iter(self._recorded)))
-            self._recorded[step_text.strip()] = c
+            self._remember(step_text.strip(), c)
+            if len(self._solutions) >= 256:
+                self._solutions.pop(0)
+            self._solutions.append((step_text, lps))
+
+    def _remember(self, key: str, value: float) -> None:
+        if len(self._recorded) >= self.cache_size:
+            self._recorded.pop(next(iter(self._recorded)))
+        self._recorded[key] = value
+
+    def _split_recorded(self, delimiter: str) -> None:
+        """Per-step confidences of the full solutions recorded since the last call."""
+        pending, self._solutions = self._solutions, []
+        for text, lps in pending:
+            if delimiter not in text.strip():
+                continue
+            # Where each token starts in the text (tokens are found in order;
+            # one that cannot be found keeps the last position).
+            starts, pos = [], 0
+            for t in lps:
+                at = text.find(t.token, pos) if t.token else -1
+                if at >= 0:
+                    pos = at
+                starts.append(pos)
+                if at >= 0:
+                    pos = at + len(t.token)
+            offset = 0
+            for piece in text.split(delimiter):
+                end = offset + len(piece)
+                step = piece.strip("\n")
+                if step.strip():
+                    inside = [t for t, st in zip(lps, starts, strict=True) if offset <= st < end]
+                    c = confidence(inside, self.metric)
+                    if c is not None:
+                        self._remember(step.strip(), c)
+                offset = end + len(delimiter)
 
     async def score_steps(self, problem: Problem, steps: Sequence[str], ctx: RunContext) -> list[float]:
         if not steps:
@@ -511,6 +553,8 @@ class ConfidencePRM(ProcessRewardModel):
 
             raise CapabilityError(f"prm:confidence needs a policy with token logprobs; {ctx.model.spec} has none")
         delim = ctx.step_delimiter
+        if self._solutions:
+            self._split_recorded(delim)
 
         async def one(i: int) -> float:
             recorded = self._recorded.get(steps[i].strip())
