@@ -10,7 +10,6 @@ sees them, and so are strings that look like bearer tokens or API keys.
 from __future__ import annotations
 
 import contextvars
-import functools
 import re
 import time
 import uuid
@@ -30,7 +29,8 @@ EVENT_KINDS: dict[str, str] = {
     "error": "where, error",
     "verdict": "verifier, score, passed, detail",
     "prm_scores": "prm, scores, aggregate",
-    "node_added": "node, parent, step, score, tokens, text (truncated)",
+    "node_added": "node, parent, step, score, tokens, text (truncated); optional visits, q, prior, f, g, h, weight",
+    "node_scored": "node, score (a score known after the node was added); optional visits, q, prior, f, g, h, weight",
     "node_pruned": "node, reason",
     "node_selected": "node, reason",
     "search_round": "round, alive, best_score",
@@ -42,7 +42,31 @@ EVENT_KINDS: dict[str, str] = {
     "refine": "round, feedback",
     "route": "stage, target",
     "note": "free-form message",
+    "thinking": "model, role, thinking_tokens, answer_tokens, forced (Wait continuations), notices, segments, "
+                "ended (model|budget|budget_left), budget {thinking, answer}, thinking (truncated)",
 }
+
+#: Version of the trace format, written as ``trace_version`` in every
+#: ``run_start``. Traces without the field are version 1 (before
+#: ``node_scored`` and ``started_at``); readers accept both.
+TRACE_VERSION = 2
+
+#: Sinks every new :class:`Tracer` starts with (``testtime run --otel``
+#: installs its exporter here, so plain runs and task runs both get it).
+_DEFAULT_SINKS: list[Callable[[TraceEvent], None]] = []
+
+
+def add_default_sink(sink: Callable[[TraceEvent], None]) -> None:
+    """Give every Tracer created from now on this sink too (process-wide)."""
+    if sink not in _DEFAULT_SINKS:
+        _DEFAULT_SINKS.append(sink)
+
+
+def remove_default_sink(sink: Callable[[TraceEvent], None]) -> None:
+    """Undo :func:`add_default_sink` (tracers already made keep the sink)."""
+    if sink in _DEFAULT_SINKS:
+        _DEFAULT_SINKS.remove(sink)
+
 
 _SECRET_KEY = re.compile(r"(api[_-]?key|authorization|secret|password|token_value|x-api-key)", re.I)
 _SECRET_VALUE = re.compile(r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9._\-]{8,})")
@@ -53,10 +77,63 @@ _URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s?#]*@")
 
 _PLAIN = frozenset({int, float, bool, type(None)})
 
+#: Environment variables whose values are secrets wherever they turn up (a
+#: server error echoing a key of a format the patterns above do not know).
+_ENV_SECRET_NAME = re.compile(r"(API_?KEY|_TOKEN$|SECRET|PASSWORD|AUTHORIZATION|_HEADERS$)", re.I)
+_ENV_SECRETS: tuple[str, ...] = ()
+#: Shorter values are too likely to be ordinary words or numbers.
+_MIN_SECRET_LEN = 8
 
-@functools.lru_cache(maxsize=4096)
+
+def refresh_env_secrets() -> tuple[str, ...]:
+    """Re-read the secret values redacted from every string (every new Tracer does this).
+
+    Values of variables named like ``*_API_KEY``, ``*_TOKEN``, ``*SECRET*``,
+    ``*PASSWORD*``; for ``*_HEADERS`` (``OTEL_EXPORTER_OTLP_HEADERS=k=v,...``)
+    each header value.
+    """
+    global _ENV_SECRETS
+    import os
+    from urllib.parse import unquote
+
+    found: set[str] = set()
+    for name, value in os.environ.items():
+        if not value or not _ENV_SECRET_NAME.search(name):
+            continue
+        if name.upper().endswith("_HEADERS"):
+            parts = [unquote(p.partition("=")[2]).strip() for p in value.split(",")]
+            found.update(p for p in parts if p)
+            # "Bearer abc..." as one header value: the token alone is secret too.
+            found.update(p.split(None, 1)[1] for p in parts if " " in p)
+        else:
+            found.add(value.strip())
+    _ENV_SECRETS = tuple(sorted((v for v in found if len(v) >= _MIN_SECRET_LEN), key=len, reverse=True))
+    return _ENV_SECRETS
+
+
+# Every event's keys are checked: a plain dict memo is cheaper than lru_cache here.
+_SECRET_KEYS_SEEN: dict[str, bool] = {}
+
+
 def _secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key))
+    hit = _SECRET_KEYS_SEEN.get(key)
+    if hit is None:
+        if len(_SECRET_KEYS_SEEN) >= 4096:
+            _SECRET_KEYS_SEEN.clear()
+        hit = _SECRET_KEYS_SEEN[key] = bool(_SECRET_KEY.search(key))
+    return hit
+
+
+def _redact_text(value: str) -> str:
+    # Cheap substring tests first: most strings hold no secret at all.
+    if "sk-" in value or "Bearer" in value:
+        value = _SECRET_VALUE.sub("[redacted]", value)
+    if "@" in value and "://" in value:
+        value = redact_url(value)
+    for secret in _ENV_SECRETS:
+        if secret in value:
+            value = value.replace(secret, "[redacted]")
+    return value
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -67,20 +144,52 @@ def redact(value: Any, key: str = "") -> Any:
     if key and _secret_key(key):
         return "[redacted]"
     if isinstance(value, str):
-        # Cheap substring tests first: most strings hold no secret at all.
-        if "sk-" in value or "Bearer" in value:
-            value = _SECRET_VALUE.sub("[redacted]", value)
-        if "@" in value and "://" in value:
-            value = redact_url(value)
-        return value
+        return _redact_text(value)
     if kind in _PLAIN:
         return value
     if isinstance(value, dict):
-        return {k: (v if type(v) in _PLAIN and not _secret_key(str(k)) else redact(v, str(k)))
-                for k, v in value.items()}
+        seen = _SECRET_KEYS_SEEN
+        out = {}
+        for k, v in value.items():
+            ks = k if type(k) is str else str(k)
+            secret = seen.get(ks)
+            if secret is None:
+                secret = _secret_key(ks)
+            if secret:
+                out[k] = "[redacted]"
+            else:
+                vt = type(v)
+                if vt in _PLAIN:
+                    out[k] = v
+                elif vt is str:
+                    out[k] = _redact_text(v)
+                else:
+                    out[k] = redact(v, ks)
+        return out
     if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
+        return [v if type(v) in _PLAIN else _redact_text(v) if type(v) is str else redact(v)
+                for v in value]
     return value
+
+
+def _redact_kwargs(data: dict[str, Any]) -> dict[str, Any]:
+    """:func:`redact` for an emit's own ``**data`` (a fresh dict nobody else holds):
+    values are replaced in place instead of copying the dict; nested values are
+    redacted into copies as usual."""
+    seen = _SECRET_KEYS_SEEN
+    for k, v in data.items():
+        secret = seen.get(k)
+        if secret is None:
+            secret = _secret_key(k)
+        if secret:
+            data[k] = "[redacted]"
+        elif type(v) in _PLAIN:
+            continue
+        elif type(v) is str:
+            data[k] = _redact_text(v)
+        else:
+            data[k] = redact(v, k)
+    return data
 
 
 def redact_url(text: str) -> str:
@@ -108,12 +217,25 @@ Sink = Callable[[TraceEvent], None]
 
 
 class Tracer:
-    """Emits events to sinks; ``tracer.for_stage(name)`` tags a stage's events."""
+    """Emits events to sinks; ``tracer.for_stage(name)`` tags a stage's events.
+
+    Any ``kind`` is accepted (:data:`EVENT_KINDS` documents the known ones;
+    readers skip kinds they do not know). ``run_start`` events get
+    ``trace_version`` and ``started_at`` (unix seconds of the run's clock
+    zero) when the emitter did not set them.
+    """
+
+    #: Whether a new tracer without explicit sinks starts with the default sinks.
+    takes_default_sinks = True
 
     def __init__(self, run_id: str | None = None, sinks: list[Sink] | None = None,
                  *, stage: str | None = None, _start: float | None = None) -> None:
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.sinks: list[Sink] = sinks if sinks is not None else []
+        if stage is None and _start is None:  # a new run, not a stage's view of one
+            refresh_env_secrets()
+        if sinks is None:
+            sinks = list(_DEFAULT_SINKS) if self.takes_default_sinks else []
+        self.sinks: list[Sink] = sinks
         self.stage = stage
         self._start = time.monotonic() if _start is None else _start
 
@@ -121,8 +243,11 @@ class Tracer:
         self.sinks.append(sink)
 
     def emit(self, kind: str, **data: Any) -> TraceEvent:
-        event = TraceEvent(kind=kind, run_id=self.run_id, t=time.monotonic() - self._start,
-                           stage=self.stage, data=redact(data))
+        t = time.monotonic() - self._start
+        if kind == "run_start":
+            data.setdefault("trace_version", TRACE_VERSION)
+            data.setdefault("started_at", round(time.time() - t, 6))
+        event = TraceEvent(kind=kind, run_id=self.run_id, t=t, stage=self.stage, data=_redact_kwargs(data))
         for sink in list(self.sinks):
             sink(event)
         return event
@@ -134,6 +259,8 @@ class Tracer:
 
 class NullTracer(Tracer):
     """A tracer with no sinks (events are built only if someone listens)."""
+
+    takes_default_sinks = False
 
     def emit(self, kind: str, **data: Any) -> TraceEvent | None:  # type: ignore[override]
         if not self.sinks:
@@ -151,3 +278,6 @@ def emit_current(kind: str, **data: Any) -> None:
     tracer = current_tracer.get()
     if tracer is not None:
         tracer.emit(kind, **data)
+
+
+refresh_env_secrets()

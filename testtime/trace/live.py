@@ -172,8 +172,8 @@ class LiveView:
             kind = event.kind
             if kind == "model_call":
                 self.calls += 1
-            elif kind == "node_added":
-                self.nodes += 1
+            elif kind in ("node_added", "node_scored"):
+                self.nodes += kind == "node_added"
                 score = d.get("score")
                 if isinstance(score, (int, float)) and (self.best_score is None or score > self.best_score):
                     self.best_score = float(score)
@@ -267,7 +267,7 @@ class LiveView:
                 ("  errors ", "bold"), str(self.errors), no_wrap=True, overflow="ellipsis",
             )
             recent = [self._describe(e) for e in list(self.recent)[-n_recent:]] if n_recent else []
-        role_line = Text("  ".join(f"{r}: {u.tokens:,} tok ({u.calls} calls)" for r, u in roles.items())
+        role_line = Text("  ".join(_role_spend(r, u) for r, u in roles.items())
                          or "no spend yet", style="cyan", no_wrap=True, overflow="ellipsis")
         parts: list[Any] = [tree, budget, status, role_line]
         if n_recent:
@@ -290,6 +290,13 @@ class LiveView:
         print_summary(result, console or Console())
 
 
+def _role_spend(role: str, u: Any) -> str:
+    """``solve: 3,570 tok (14 calls)``, with the thinking part when the role's calls thought."""
+    thinking = int(getattr(u, "reasoning_tokens", 0) or 0)
+    think = f"{thinking:,} thinking, " if thinking > 0 else ""
+    return f"{role}: {u.tokens:,} tok ({think}{u.calls} calls)"
+
+
 def print_summary(result: Result, console: Console) -> None:
     """A readable end-of-run report."""
     u = result.usage
@@ -299,13 +306,19 @@ def print_summary(result: Result, console: Console) -> None:
     console.print(Text.assemble(("Stopped: ", "bold"), result.stopped_reason,
                                 ("   strategy ", "bold"), result.strategy, ("   model ", "bold"), result.model))
     spend = Table(title="Spend", show_header=True, header_style="bold")
-    for col in ("", "input tok", "output tok", "cached", "calls", "usd"):
+    # Thinking (the part of output tokens spent reasoning) only when some call thought.
+    thinks = int(u.get("reasoning_tokens") or 0) > 0
+    for col in ("", "input tok", "output tok", *(("thinking",) if thinks else ()), "cached", "calls", "usd"):
         spend.add_column(col, justify="right")
-    spend.add_row("total", f"{u['input_tokens']:,}", f"{u['output_tokens']:,}", f"{u['cached_tokens']:,}",
+
+    def think(d: dict[str, Any]) -> tuple[str, ...]:
+        return (f"{int(d.get('reasoning_tokens') or 0):,}",) if thinks else ()
+
+    spend.add_row("total", f"{u['input_tokens']:,}", f"{u['output_tokens']:,}", *think(u), f"{u['cached_tokens']:,}",
                   str(u["calls"]), f"${u['usd']:.4f}")
     for role, ru in u.get("by_role", {}).items():
-        spend.add_row(role, f"{ru['input_tokens']:,}", f"{ru['output_tokens']:,}", f"{ru['cached_tokens']:,}",
-                      str(ru["calls"]), f"${ru['usd']:.4f}")
+        spend.add_row(role, f"{ru['input_tokens']:,}", f"{ru['output_tokens']:,}", *think(ru),
+                      f"{ru['cached_tokens']:,}", str(ru["calls"]), f"${ru['usd']:.4f}")
     console.print(spend)
     limits = ", ".join(f"{k}={_fmt(k, v)}" for k, v in result.budget.items()) or "unlimited"
     console.print(Text.assemble(("Budget: ", "bold"), limits, ("   wall ", "bold"), f"{u['seconds']:.1f}s"))

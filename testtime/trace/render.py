@@ -22,6 +22,8 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from testtime.trace.thinking import ThinkingSummary
+
 RUN = "(run)"
 
 #: Event kinds drawn as one-line leaves under their stage.
@@ -32,6 +34,9 @@ LEAF_KINDS = frozenset({"verify_round", "verdict", "refine", "route", "budget_re
 _LIVE_SKIP = frozenset({"prm_scores", "search_round"})
 #: Node fields kept per node (the trace's text is cut to what is ever drawn).
 _NODE_KEYS = ("node", "parent", "step", "score", "tokens", "terminal")
+#: A strategy's own numbers on a node (MCTS visits/Q/prior, A* f/g/h, PF
+#: weight), printed after the score; ``node_scored`` events update them.
+_NODE_NUMBERS = ("score", "visits", "q", "prior", "f", "g", "h", "weight")
 _TOP = 3
 
 
@@ -41,12 +46,15 @@ class _Spend:
     input_tokens: int = 0
     output_tokens: int = 0
     usd: float = 0.0
+    #: The part of ``output_tokens`` spent thinking (``usage.reasoning_tokens``).
+    reasoning_tokens: int = 0
 
     def add(self, usage: dict[str, Any]) -> None:
         self.calls += int(usage.get("calls", 1))
         self.input_tokens += int(usage.get("input_tokens", 0))
         self.output_tokens += int(usage.get("output_tokens", 0))
         self.usd += float(usage.get("usd", 0.0))
+        self.reasoning_tokens += int(usage.get("reasoning_tokens") or 0)
 
 
 @dataclass(slots=True)
@@ -65,11 +73,26 @@ class _Strategy:
     def add_node(self, e: dict[str, Any]) -> None:
         node = int(e.get("node", -1))
         d = {k: e.get(k) for k in _NODE_KEYS}
+        d.update((k, e[k]) for k in _NODE_NUMBERS[1:] if _real(e.get(k)))
         d["text"] = str(e.get("text", ""))[:120]
         if node not in self.nodes:
             self.order.append(node)
         self.nodes[node] = d
-        score = d.get("score")
+        self._rank(node, d.get("score"))
+
+    def score_node(self, e: dict[str, Any]) -> None:
+        """Apply a ``node_scored`` event: its numbers overwrite the node's."""
+        node = int(e.get("node", -1))
+        d = self.nodes.get(node)
+        if d is None:
+            return
+        for k in _NODE_NUMBERS:
+            if _real(e.get(k)):
+                d[k] = e[k]
+        if "score" in e:
+            self._rank(node, d.get("score"))
+
+    def _rank(self, node: int, score: Any) -> None:
         if isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score):
             top = [t for t in self.top if t[1] != node]
             top.append((float(score), node))
@@ -100,6 +123,8 @@ class _Stage:
     #: The workflow's verify loop reports each round; the verifier's own
     #: verdict events would repeat them, so verdicts are then not drawn.
     has_verify_rounds: bool = False
+    #: Sums of the stage's ``thinking`` events.
+    thinking: ThinkingSummary = field(default_factory=ThinkingSummary)
 
     def strategy(self, name: str, params: str = "") -> _Strategy:
         s = _Strategy(name + (f" ({params})" if params else ""), name=name, params=params)
@@ -114,6 +139,17 @@ class _Stage:
 
 def _fmt_score(v: Any) -> str:
     return "-" if v is None else (f"{v:.3f}" if isinstance(v, (int, float)) else str(v))
+
+
+def _numbers(d: dict[str, Any]) -> str:
+    """A node's strategy numbers: ``N=3 Q=0.812 `` (MCTS), ``f=.. g=.. h=.. `` (A*), ``w=.. `` (PF)."""
+    out = ""
+    if "visits" in d:
+        out += f"N={int(d['visits'])} "
+    for key, name in (("q", "Q"), ("prior", "P"), ("f", "f"), ("g", "g"), ("h", "h"), ("weight", "w")):
+        if key in d:
+            out += f"{name}={d[key]:.3f} "
+    return out
 
 
 def _short(v: Any, n: int = 60) -> str:
@@ -134,6 +170,8 @@ class TraceTree:
         self.runs: list[dict[str, Any]] = []
         self.stages: dict[str, _Stage] = {}
         self.nodes = 0
+        #: Sums of every ``thinking`` event of the trace.
+        self.thinking = ThinkingSummary()
 
     @classmethod
     def from_events(cls, events: Iterable[dict[str, Any]]) -> TraceTree:
@@ -164,17 +202,22 @@ class TraceTree:
             st.end = e
         elif kind == "model_call":
             st.spend[e.get("role", "solve")].add(e.get("usage") or {})
+        elif kind == "thinking":
+            st.thinking.add(e)
+            self.thinking.add(e)
         elif kind == "strategy_start":
             params = ", ".join(f"{k}={v}" for k, v in (e.get("params") or {}).items())
             st.strategy(f"{e.get('strategy')}", params)
         elif kind == "strategy_end":
             if st.current is not None:
                 st.current.end = e
-        elif kind in ("node_added", "node_pruned", "node_selected"):
+        elif kind in ("node_added", "node_pruned", "node_selected", "node_scored"):
             cur = st.current or st.strategy("search")
             if kind == "node_added":
                 cur.add_node(e)
                 self.nodes += 1
+            elif kind == "node_scored":
+                cur.score_node(e)
             else:
                 cur.mark(int(e.get("node", -1)), "pruned" if kind == "node_pruned" else "selected")
         elif kind in LEAF_KINDS:
@@ -252,7 +295,7 @@ class TraceTree:
         if orphan:
             txt.append(f"#{d.get('parent')} → ", style="dim")
         txt.append(f"{mark}#{d.get('node')} step {d.get('step')} score={_fmt_score(d.get('score'))} "
-                   f"tok={d.get('tokens') or 0}{' [end]' if d.get('terminal') else ''} ", style=style)
+                   f"{_numbers(d)}tok={d.get('tokens') or 0}{' [end]' if d.get('terminal') else ''} ", style=style)
         if best:
             txt.append("◀ best ", style="bold yellow")
         txt.append(_short(d.get("text", ""), 50), style="dim")
@@ -272,6 +315,8 @@ class TraceTree:
             spend = self._spend_line(st)
             if spend is not None:
                 branch.add(spend)
+            if st.thinking and st.name != RUN:  # the run's own line follows the tree
+                branch.add(Text(st.thinking.line(), style="dim"))
         return tree
 
     def _full_strategy(self, parent: Tree, s: _Strategy, max_nodes: int) -> None:
@@ -426,36 +471,53 @@ def budget_table(events: Iterable[dict[str, Any]]) -> Table:
     """Spend per stage and role (from model_call events), with stage budgets."""
     _, stages = collect(events)
     table = Table(title="Budget by stage and role", header_style="bold")
-    for col in ("stage", "role", "calls", "input tok", "output tok", "tokens", "usd", "stage budget"):
+    # A "thinking" column (the part of output tokens spent thinking) only when some call thought.
+    thinks = any(s.reasoning_tokens > 0 for st in stages.values() for s in st.spend.values())
+    cols = ("stage", "role", "calls", "input tok", "output tok", *(("think tok",) if thinks else ()),
+            "tokens", "usd", "stage budget")
+    for col in cols:
         table.add_column(col, justify="left" if col in ("stage", "role", "stage budget") else "right")
+
+    def cells(s: _Spend) -> list[str]:
+        return [str(s.calls), f"{s.input_tokens:,}", f"{s.output_tokens:,}",
+                *((f"{s.reasoning_tokens:,}",) if thinks else ()),
+                f"{s.input_tokens + s.output_tokens:,}", f"${s.usd:.4f}"]
+
     totals: dict[str, _Spend] = defaultdict(_Spend)
     for st in stages.values():
         budget = ",".join(f"{k}={v:g}" for k, v in ((st.start or {}).get("budget") or {}).items()) or "-"
         for i, (role, s) in enumerate(sorted(st.spend.items())):
-            table.add_row(st.name if i == 0 else "", role, str(s.calls), f"{s.input_tokens:,}",
-                          f"{s.output_tokens:,}", f"{s.input_tokens + s.output_tokens:,}", f"${s.usd:.4f}",
-                          budget if i == 0 else "")
+            table.add_row(st.name if i == 0 else "", role, *cells(s), budget if i == 0 else "")
             t = totals[role]
             t.calls += s.calls
             t.input_tokens += s.input_tokens
             t.output_tokens += s.output_tokens
             t.usd += s.usd
+            t.reasoning_tokens += s.reasoning_tokens
     for i, (role, s) in enumerate(sorted(totals.items())):
-        table.add_row("total" if i == 0 else "", role, str(s.calls), f"{s.input_tokens:,}", f"{s.output_tokens:,}",
-                      f"{s.input_tokens + s.output_tokens:,}", f"${s.usd:.4f}", "", style="bold")
+        table.add_row("total" if i == 0 else "", role, *cells(s), "", style="bold")
     return table
 
 
 def render(events: list[dict[str, Any]], *, max_nodes: int = 40) -> Group:
-    """Tree + budget table + the run's limits."""
+    """Tree + the thinking/answer split (if any call thought) + budget table + the run's limits."""
     start = next((e for e in events if e.get("kind") == "run_start"), {})
     limits = ", ".join(f"{k}={v:g}" for k, v in (start.get("budget") or {}).items()) or "unlimited"
-    return Group(build_tree(events, max_nodes=max_nodes), budget_table(events),
-                 Text.assemble(("global budget: ", "bold"), limits))
+    tt = TraceTree.from_events(events)
+    parts: list[Any] = [tt.tree(max_nodes=max_nodes)]
+    if tt.thinking:
+        parts.append(Text(tt.thinking.line(), style="cyan"))
+    parts += [budget_table(events), Text.assemble(("global budget: ", "bold"), limits)]
+    return Group(*parts)
 
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _real(v: Any) -> bool:
+    """A finite number that is not a bool (a node's score, visits, f, ...)."""
+    return _number(v) and not isinstance(v, bool)
 
 
 def check_event(e: dict[str, Any]) -> str | None:
@@ -465,7 +527,7 @@ def check_event(e: dict[str, Any]) -> str | None:
     of failing on them.
     """
     kind = e.get("kind")
-    if kind in ("node_added", "node_pruned", "node_selected"):
+    if kind in ("node_added", "node_pruned", "node_selected", "node_scored"):
         node = e.get("node")
         if isinstance(node, bool) or not isinstance(node, int):
             return "'node' is not an integer"
@@ -478,7 +540,8 @@ def check_event(e: dict[str, Any]) -> str | None:
     if usage is not None:
         if not isinstance(usage, dict):
             return "'usage' is not an object"
-        if any(k in usage and not _number(usage[k]) for k in ("calls", "input_tokens", "output_tokens", "usd")):
+        if any(k in usage and not _number(usage[k])
+               for k in ("calls", "input_tokens", "output_tokens", "usd", "reasoning_tokens")):
             return "'usage' has a non-numeric count"
     for key in ("params", "budget"):
         value = e.get(key)

@@ -1,0 +1,45 @@
+"""Hand-edited or foreign traces: the index, `trace show`, the span plan and pictures never crash."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from rich.console import Console
+
+from testtime.errors import UserError
+from testtime.trace.events import EVENT_KINDS
+from testtime.trace.index import TraceIndex
+from testtime.trace.otel import plan_spans
+from testtime.trace.render import show
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                                    max_size=3), max_leaves=6)
+_fields = ("node", "parent", "step", "score", "tokens", "text", "visits", "q", "f", "weight", "step_scores",
+           "usage", "latency_s", "role", "model", "params", "budget", "t", "round", "reason", "answer",
+           "strategy", "started_at", "trace_version", "passed", "error")
+_event = st.fixed_dictionaries(
+    {"kind": st.sampled_from(sorted(EVENT_KINDS) + ["something_new"]),
+     "stage": st.none() | st.sampled_from(["a", "b"])},
+    optional={k: (st.integers(0, 5) if k in ("node", "parent") else _json) for k in _fields})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(_event, max_size=25))
+def test_any_events_index_plan_and_show_without_crashing(tmp_path: Path, events):
+    idx = TraceIndex.from_events(events)
+    for item in idx.items():
+        assert isinstance(idx.detail(item.key), str)
+    idx.answer_node(), idx.best_node(), idx.chosen_path(), idx.spend_rows(), idx.search("score>0.5")
+    plans = plan_spans(events)
+    assert plans and all(p.end is not None and p.end >= p.start for p in plans)
+    path = tmp_path / "odd.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in events) or "\n")
+    try:
+        show(str(path), console=Console(file=io.StringIO(), width=100))
+    except UserError as exc:  # the documented outcome when no line is drawable
+        assert "no readable trace events" in str(exc) or "empty trace" in str(exc)
