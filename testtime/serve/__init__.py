@@ -1,0 +1,1 @@
+"""``testtime serve``: an OpenAI-compatible test-time-scaling gateway (extra ``serve``)."""
