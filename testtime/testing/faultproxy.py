@@ -142,6 +142,8 @@ class FaultProxy(LoopbackHTTP):
         self.upstream_timeout = upstream_timeout
         self._stats = Forwarded()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0  # requests being handled now
         self._gets = 0
         proxy = self
 
@@ -153,10 +155,10 @@ class FaultProxy(LoopbackHTTP):
                 pass
 
             def do_GET(self) -> None:
-                proxy._handle(self, "GET")
+                proxy._handle_counted(self, "GET")
 
             def do_POST(self) -> None:
-                proxy._handle(self, "POST")
+                proxy._handle_counted(self, "POST")
 
         self._serve(Handler)
 
@@ -169,7 +171,14 @@ class FaultProxy(LoopbackHTTP):
 
     @property
     def forwarded(self) -> Forwarded:
-        with self._lock:
+        """What was relayed so far, once the requests being handled now have finished (up to 5 s).
+
+        A client can read the last bytes of a reply (and its caller read these
+        counts) before the proxy's thread has recorded that reply, so a
+        snapshot waits for handlers still writing.
+        """
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, timeout=5.0)
             return self._stats.copy()
 
     def reset_counts(self) -> None:
@@ -177,6 +186,16 @@ class FaultProxy(LoopbackHTTP):
             self._stats = Forwarded()
 
     # ------------------------------------------------------------- handling
+    def _handle_counted(self, h: BaseHTTPRequestHandler, method: str) -> None:
+        with self._lock:
+            self._active += 1
+        try:
+            self._handle(h, method)
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
     def _send_json(self, h: BaseHTTPRequestHandler, code: int, body: dict[str, Any],
                    headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
