@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from testtime.budget import BudgetLedger, Usage
 from testtime.errors import BudgetExhausted, BudgetOverdrawn, CallFailed, ModelAPIError, SearchStop
 from testtime.models.base import Generation, GenerationRequest, Model, StreamDelta, StreamEnd
+from testtime.models.streaming import cut_usage, failed_attempt_usage
 from testtime.thinking import THINKING_SEGMENT, ThinkingModel, split_inline_thinking
 from testtime.thinking import generate as generate_thinking
 from testtime.trace.events import NullTracer, Tracer, current_tracer
@@ -189,17 +190,22 @@ class RunContext:
         return gens + more
 
     async def call(self, request: GenerationRequest, *, role: str = "solve",
-                   model: Model | None = None) -> list[Generation]:
+                   model: Model | None = None, held: int = 0) -> list[Generation]:
         """One logical call (journal replay or attempts under the retry policy): no
-        fan-out, no top-up, no thinking policy. Thinking segments are sent with it."""
-        return await self._call(request, role, model or self.model)
+        fan-out, no top-up, no thinking policy. Thinking segments are sent with it.
+
+        ``held``: reservations the caller itself keeps open while it waits here;
+        they cannot settle meanwhile, so a refused attempt does not wait for them.
+        """
+        return await self._call(request, role, model or self.model, held)
 
     async def reserve(self, worst: Usage, *, role: str = "solve", model: Model | None = None) -> Any:
         """Reserve ``worst`` as a call would (waiting for calls in flight to settle
         before refusing); the caller settles or releases the reservation."""
         return await self._reserve(worst, role, model or self.model)
 
-    async def _call(self, request: GenerationRequest, role: str, model: Model) -> list[Generation]:
+    async def _call(self, request: GenerationRequest, role: str, model: Model,
+                    held: int = 0) -> list[Generation]:
         """One logical call: replay from the journal, or attempts under the retry policy."""
         key = self._journal_key(request, role, model) if self.journal is not None else None
         if key is not None:
@@ -218,7 +224,7 @@ class RunContext:
         while True:
             attempt += 1
             try:
-                return await self._attempt(request, role, model, key)
+                return await self._attempt(request, role, model, key, held)
             except ModelAPIError as exc:
                 wait = self._retry_wait(exc, policy, attempt)
                 if wait is None:
@@ -247,7 +253,7 @@ class RunContext:
         deadline = None if room == float("inf") else time.monotonic() + room
         return policy.next_wait(exc, attempt, deadline=deadline)
 
-    async def _reserve(self, worst: Usage, role: str, model: Model) -> Any:
+    async def _reserve(self, worst: Usage, role: str, model: Model, held: int = 0) -> Any:
         while True:
             seen = self.ledger.settle_count()
             try:
@@ -260,7 +266,7 @@ class RunContext:
             except BudgetExhausted as exc:
                 # Calls in flight will return their slack when they settle;
                 # wait for that before refusing.
-                if exc.dimension != "seconds" and self.ledger.in_flight() > 0:
+                if exc.dimension != "seconds" and self.ledger.in_flight() > held:
                     timeout = self.ledger.remaining("seconds")
                     try:
                         await asyncio.wait_for(self.ledger.wait_for_settle(seen),
@@ -275,9 +281,9 @@ class RunContext:
                 raise
 
     async def _attempt(self, request: GenerationRequest, role: str, model: Model,
-                       key: str | None) -> list[Generation]:
+                       key: str | None, held: int = 0) -> list[Generation]:
         worst = model.worst_case(request)
-        res = await self._reserve(worst, role, model)
+        res = await self._reserve(worst, role, model, held)
         journal = self.journal if key is not None else None
         if journal is not None:
             try:
@@ -362,23 +368,18 @@ class RunContext:
                        model: Model, key: str | None, role: str) -> None:
         """Settle a failed attempt at what it may have cost, or release it."""
         settled: Usage | None
-        if isinstance(exc, ModelAPIError) and exc.billed is not None:
-            settled = replace(exc.billed, calls=max(exc.billed.calls, worst.calls))
-        elif isinstance(exc, ModelAPIError) and not exc.sent:
-            settled = None  # never reached the server
-        elif isinstance(exc, ModelAPIError) and exc.status is not None:
-            # An error reply: nothing generated, but a request was sent, and
-            # `calls` counts requests (retries included).
-            settled = Usage(calls=worst.calls)
-        elif exc is not None and not isinstance(exc, (ModelAPIError, asyncio.CancelledError,
-                                                      TimeoutError, ConnectionError)):
+        out = min(received, worst.output_tokens)
+        if isinstance(exc, ModelAPIError):
+            # `calls` counts requests (retries included), error replies too.
+            settled = failed_attempt_usage(exc, input_tokens=worst.input_tokens, received=out,
+                                           calls=worst.calls, price=model.price)
+        elif exc is not None and not isinstance(exc, (asyncio.CancelledError, TimeoutError, ConnectionError)):
             settled = None  # raised before or instead of a request (bad input, a bug)
         else:
-            # Cut, timed out or cancelled after sending: the provider may
-            # bill the prompt and whatever it generated.
-            out = min(received, worst.output_tokens)
-            settled = Usage(input_tokens=worst.input_tokens, output_tokens=out, calls=worst.calls,
-                            usd=model.price.cost(worst.input_tokens, out, 0))
+            # Timed out or cancelled after sending: the provider may bill the
+            # prompt and whatever it generated.
+            settled = cut_usage(input_tokens=worst.input_tokens, received=out, calls=worst.calls,
+                                price=model.price)
         if settled is None:
             res.release()
         else:

@@ -415,7 +415,9 @@ async def _think(ctx: RunContext, request: GenerationRequest, policy: ThinkingPo
             st.ended = "budget_left"
             return
         try:
-            gen = (await ctx.call(fitted, role=role, model=model))[0]
+            # held=1: a retried segment that no longer fits must not wait for the
+            # answer's hold, which this generation itself keeps open.
+            gen = (await ctx.call(fitted, role=role, model=model, held=1))[0]
         except BudgetExhausted:
             st.ended = "budget_left"
             return

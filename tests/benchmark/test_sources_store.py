@@ -102,3 +102,27 @@ def test_store_resumes_refuses_changed_config_and_survives_a_torn_line(tmp_path:
     assert fresh.rows() == []
     with pytest.raises(UserError, match="no results.jsonl"):
         ResultsStore(tmp_path / "empty")
+
+
+async def test_answer_grading_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The grader waits for an event only the loop can set: it sees it only if
+    # grading does not block the loop (blocked, it gives up after 5 s -> False).
+    import asyncio
+    import threading
+
+    from testtime.benchmark import cells
+    from testtime.search.base import Problem
+
+    loop_ran = threading.Event()
+    monkeypatch.setattr(cells, "grade_answer", lambda answer, ref: loop_ran.wait(5))
+    env = cells.CellEnv({"kind": "file", "grader": "answer"})
+
+    async def tick() -> None:
+        await asyncio.sleep(0)
+        loop_ran.set()
+
+    verdict, _ = await asyncio.gather(env.grade(Problem(question="q", answer="1"), "x", "1"), tick())
+    assert verdict is True
+    monkeypatch.setattr(cells, "GRADE_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(cells, "grade_answer", lambda answer, ref: threading.Event().wait(1))
+    assert await env.grade(Problem(question="q", answer="1"), "x", "2") is False  # a hung check counts as wrong

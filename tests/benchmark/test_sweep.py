@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmark.helpers import coin_model, write_math_jsonl
+from tests.benchmark.helpers import coin_model, coin_reply, write_math_jsonl
 from testtime.benchmark.report import summarize
 from testtime.benchmark.stats import pass_at_k
 from testtime.benchmark.store import ResultsStore
@@ -134,3 +134,31 @@ def test_parse_budgets_forms() -> None:
     for bad in ("lots", "tokens=0", ","):
         with pytest.raises(UserError):
             parse_budgets(bad)
+
+
+def test_a_cell_that_spends_then_raises_is_charged_to_the_sweep(tmp_path: Path) -> None:
+    # Every other call crashes (not a retryable API error), so each cell pays for
+    # one sample and then raises: its spend must stay on the sweep ledger.
+    from testtime.models.base import GenerationRequest
+    from testtime.models.scripted import FunctionModel
+
+    billed: list[int] = []
+
+    def reply(req: GenerationRequest):
+        if len(model.requests) % 2 == 0:
+            raise RuntimeError("backend crashed mid-cell")
+        gen = model._finish(req, coin_reply(req, 1.0))
+        billed.append(gen.usage.tokens)
+        return gen
+
+    model = FunctionModel(reply, name="flaky")
+    data = write_math_jsonl(tmp_path / "m.jsonl", 20)
+    outcome = run_sweep(SweepSpec(dataset=str(data), model=model, strategies="best_of_n", budgets="tokens=500",
+                                  options={"best_of_n": {"batch": 1}}, sweep_budget="tokens=1000",
+                                  out=tmp_path / "o", concurrency=1))
+    assert outcome.ran == 0  # no cell finished, so none was stored
+    assert outcome.errors and all("backend crashed" in e for e in outcome.errors)
+    assert billed and outcome.sweep["spent"]["tokens"] == sum(billed)
+    assert 0 < outcome.sweep["spent"]["tokens"] <= 1000
+    # Released holds would keep the gate open for all 20 cells; charged ones close it.
+    assert len(outcome.errors) < 20 and outcome.stopped

@@ -288,3 +288,25 @@ def test_a_thinking_budget_too_long_for_the_run_is_shortened_so_the_strategy_sti
     assert result.usage["calls"] >= 1, result.usage
     assert result.usage["reasoning_tokens"] > 0
     assert result.answer is not None and result.answer != ""
+
+
+async def test_a_thinking_segment_retried_after_a_cut_stream_refuses_instead_of_waiting_for_its_own_hold() -> None:
+    # The segment is fitted to exactly the room left beside the answer's hold; the
+    # cut attempt is charged, so its retry no longer fits. The only call "in flight"
+    # is this generation's own hold, which cannot settle while it waits: the retry
+    # must be refused (thinking ends at the budget), never wait for it.
+    from testtime.testing.adversarial import CutStream
+
+    inner = CutStream(" ".join(["hmm"] * 400), after_k=3, p=1.0, seed=1)
+    model = with_thinking(inner, thinking_budget=200, answer_budget=20)
+    ledger = BudgetLedger(Budget(tokens=300))
+    ctx = RunContext(model=model, ledger=ledger)
+
+    async def run() -> None:
+        with contextlib.suppress(testtime.errors.SearchStop):
+            await ctx.generate(GenerationRequest(prompt="q"))
+
+    await asyncio.wait_for(run(), timeout=20)
+    assert ledger.in_flight() == 0
+    assert ledger.spent("tokens") <= 300
+    assert inner.log.attempts >= 2  # the segment was cut and a retry was at least considered

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from testtime.benchmark.sources import grade_answer
 from testtime.benchmark.store import ROW_VERSION
-from testtime.budget import Budget
+from testtime.budget import Budget, BudgetLedger, Usage
 from testtime.errors import UserError
 from testtime.models.base import Model
 from testtime.search.base import Candidate, Problem
@@ -36,6 +38,9 @@ from testtime.verifiers.answer import normalize_answer
 
 #: Sandboxed test runs in flight at once per process (HumanEval grading).
 GRADE_CONCURRENCY = 2
+#: Seconds one final-answer grading may take off the event loop before it counts as wrong
+#: (math-verify's own SIGALRM timeouts are off outside the main thread).
+GRADE_TIMEOUT_S = 10.0
 
 
 def cell_seed(seed: int, problem_id: str) -> int:
@@ -184,7 +189,11 @@ class CellEnv:
             if problem.answer is None:
                 return None
             return answer is not None and normalize_answer(answer) == normalize_answer(problem.answer)
-        return grade_answer(answer, problem.answer)
+        # math-verify is synchronous and can be slow: run it off the event loop the other cells share.
+        try:
+            return await _off_loop(grade_answer, answer, problem.answer, limit_s=GRADE_TIMEOUT_S)
+        except TimeoutError:
+            return False  # as math-verify's own timeout would answer
 
     async def _grade_code(self, problem: Problem, text: str) -> bool:
         from testtime.context import RunContext
@@ -211,6 +220,39 @@ class CellEnv:
         return answer
 
 
+async def _off_loop(fn: Callable[..., Any], *args: Any, limit_s: float) -> Any:
+    """``fn(*args)`` on a daemon thread, awaited for at most ``limit_s`` seconds.
+
+    Like :func:`asyncio.to_thread`, but a call that never returns (sympy on a
+    pathological expression) is abandoned after ``limit_s`` (TimeoutError)
+    and cannot hold up the loop's shutdown or the interpreter's exit, as a
+    thread of the loop's default executor would.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[Any] = loop.create_future()
+
+    def deliver(value: Any, exc: BaseException | None) -> None:
+        if fut.done():
+            return  # timed out or cancelled: nobody is waiting
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+    def work() -> None:
+        try:
+            value, exc = fn(*args), None
+        except BaseException as e:  # handed to the awaiting task
+            value, exc = None, e
+        try:
+            loop.call_soon_threadsafe(deliver, value, exc)
+        except RuntimeError:
+            pass  # the loop closed meanwhile
+
+    threading.Thread(target=work, name="testtime-grade", daemon=True).start()
+    return await asyncio.wait_for(fut, limit_s)
+
+
 def _null_tracer() -> Any:
     from testtime.trace.events import Tracer
 
@@ -231,8 +273,9 @@ async def run_cell(env: CellEnv, problem: Problem, strategy: str, budget: str, s
     Raises:
         UserError: the strategy cannot run in this configuration (e.g. needs a PRM).
         Exception: a model failure with no answer at all (the cell is not stored; a rerun retries it).
+            Once the cell's context exists, the exception carries what the cell
+            spent (:func:`spent_by_failed_cell`), so its sweep hold is settled, not released.
     """
-    from testtime.api import arun
     from testtime.trace.events import Tracer
 
     limits = Budget.parse(budget)
@@ -244,6 +287,37 @@ async def run_cell(env: CellEnv, problem: Problem, strategy: str, budget: str, s
         trace_id = tracer.run_id
         trace_path = str(Path(env.spec["traces"]) / f"{trace_id}.jsonl")
     ctx = env.context(limits, s, tracer)
+    try:
+        return await _run_in(env, ctx, problem, strategy, budget, seed, s, trace_id, trace_path)
+    except Exception as exc:
+        exc.cell_usage = failed_cell_usage(ctx.ledger)  # type: ignore[attr-defined]
+        raise
+
+
+def failed_cell_usage(ledger: BudgetLedger) -> dict[str, Any]:
+    """What a cell that raised may have spent: its settled usage plus any holds still open.
+
+    An open hold is a call whose bill is unknown, so it is counted at its
+    worst case (never less than the backend may have charged).
+    """
+    held = Usage(input_tokens=int(ledger.reserved("input_tokens")), output_tokens=int(ledger.reserved("output_tokens")),
+                 calls=int(ledger.reserved("calls")), usd=ledger.reserved("usd"))
+    return (ledger.usage + held).to_dict()
+
+
+def spent_by_failed_cell(exc: BaseException) -> dict[str, Any] | None:
+    """What a cell that raised ``exc`` spent, for settling its sweep hold.
+
+    None only when it failed before its run context existed (no call was
+    made), so its hold can be released.
+    """
+    return getattr(exc, "cell_usage", None)
+
+
+async def _run_in(env: CellEnv, ctx: Any, problem: Problem, strategy: str, budget: str, seed: int, s: int,
+                  trace_id: str | None, trace_path: str | None) -> dict[str, Any]:
+    from testtime.api import arun
+
     strat = make_strategy(strategy, **dict((env.spec.get("options") or {}).get(strategy) or {}))
     if strat.needs_prm and ctx.prm is None:
         raise UserError(f"strategy {strategy!r} needs a process reward model: pass --prm SPEC")

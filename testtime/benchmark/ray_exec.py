@@ -23,7 +23,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from testtime.benchmark.cells import CellEnv, problem_from_dict, problem_to_dict, run_cell
+from testtime.benchmark.cells import (
+    CellEnv,
+    problem_from_dict,
+    problem_to_dict,
+    run_cell,
+    spent_by_failed_cell,
+)
 from testtime.benchmark.gate import SweepGate
 from testtime.errors import CapabilityError, MissingDependency, UserError
 
@@ -60,12 +66,12 @@ def problem_task(env_spec: dict[str, Any], problem: dict[str, Any], cells: list[
                 try:
                     row = await run_cell(env, p, strategy, budget, seed)
                 except (UserError, CapabilityError) as exc:
-                    ray.get(gate.settle.remote(hold, None))
+                    ray.get(gate.settle.remote(hold, spent_by_failed_cell(exc)))
                     skip.add(strategy)
                     errors.append(f"skipped {strategy}: {exc}")
                     continue
                 except Exception as exc:  # a rerun retries the cell
-                    ray.get(gate.settle.remote(hold, None))
+                    ray.get(gate.settle.remote(hold, spent_by_failed_cell(exc)))
                     errors.append(f"{p.id} {strategy} {budget} seed {seed}: {type(exc).__name__}: {exc}")
                     continue
                 ray.get(gate.settle.remote(hold, row["usage"]))

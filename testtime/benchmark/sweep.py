@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testtime.benchmark.cells import CellEnv, run_cell
+from testtime.benchmark.cells import CellEnv, run_cell, spent_by_failed_cell
 from testtime.benchmark.gate import SweepGate, cell_worst_case
 from testtime.benchmark.sources import Source, load_source
 from testtime.benchmark.store import ResultsStore, cell_key
@@ -273,13 +273,13 @@ async def run_local(plan: Plan, gate: SweepGate, on_row: OnRow | None = None) ->
             try:
                 row = await run_cell(plan.env, problem, strategy, budget, seed)
             except (UserError, CapabilityError) as exc:
-                gate.settle(hold, None)
+                gate.settle(hold, spent_by_failed_cell(exc))
                 if strategy not in broken:
                     broken.add(strategy)
                     broken_why.append(f"skipped {strategy}: {exc}")
                 continue
             except Exception as exc:  # one failing cell must not lose the others; a rerun retries it
-                gate.settle(hold, None)
+                gate.settle(hold, spent_by_failed_cell(exc))
                 errors.append(f"{problem.id} {strategy} {budget} seed {seed}: {type(exc).__name__}: {exc}")
                 continue
             gate.settle(hold, row["usage"])

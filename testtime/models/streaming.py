@@ -47,6 +47,30 @@ WRITE_TIMEOUT = 30.0
 DEFAULT_IDLE_TIMEOUT = 60.0
 
 
+def failed_attempt_usage(exc: ModelAPIError, *, input_tokens: int, received: int, calls: int,
+                         price: Any) -> Usage | None:
+    """What a failed attempt may have cost the caller; None when it never reached the server.
+
+    Billed by the error itself: that. An error reply (a status): one request,
+    nothing generated. Cut or timed out after sending: the prompt's bound and
+    the tokens received, priced at the upper bound (part of the prompt may
+    have been written to a cache at a higher rate), so it never under-counts.
+    """
+    if exc.billed is not None:
+        return replace(exc.billed, calls=max(exc.billed.calls, calls))
+    if not exc.sent:
+        return None
+    if exc.status is not None:
+        return Usage(calls=calls)
+    return cut_usage(input_tokens=input_tokens, received=received, calls=calls, price=price)
+
+
+def cut_usage(*, input_tokens: int, received: int, calls: int, price: Any) -> Usage:
+    """A call cut, timed out or cancelled after sending: the prompt's bound plus what arrived."""
+    return Usage(input_tokens=input_tokens, output_tokens=received, calls=calls,
+                 usd=price.max_cost(input_tokens, received))
+
+
 def idle_timeout_option(options: dict[str, Any], default: float = DEFAULT_IDLE_TIMEOUT) -> float:
     """``idle_timeout`` (or its alias ``timeout``) from backend options, validated.
 
@@ -173,14 +197,10 @@ async def fan_out(
         usage = None if (usage is None or u is None) else usage + u
     if usage is not None:
         for i, e in api_errors.items():
-            if e.billed is not None:
-                usage = usage + e.billed
-            elif e.sent and e.status is None:
-                inp = model.input_upper_bound(requests[i])
-                usage = usage + Usage(input_tokens=inp, output_tokens=received[i], calls=1,
-                                      usd=model.price.max_cost(inp, received[i]))
-            elif e.sent:
-                usage = usage + Usage(calls=1)  # rejected with a status: sent, nothing billed
+            failed = failed_attempt_usage(e, input_tokens=model.input_upper_bound(requests[i]),
+                                          received=received[i], calls=1, price=model.price)
+            if failed is not None:
+                usage = usage + failed
         if plain:
             usage = None  # a failure of unknown kind: let the spend path settle the worst case
     yield StreamEnd(generations=gens, usage=usage)

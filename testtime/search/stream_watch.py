@@ -28,6 +28,7 @@ from testtime.budget import Usage
 from testtime.context import RunContext
 from testtime.errors import CallFailed, ModelAPIError
 from testtime.models.base import Generation, GenerationRequest, Model, StreamDelta, StreamEnd
+from testtime.models.streaming import cut_usage, failed_attempt_usage
 
 
 def streams_deltas(model: Model) -> bool:
@@ -63,9 +64,8 @@ async def generate_watched(ctx: RunContext, request: GenerationRequest, watch: C
 
     def cut_cost() -> Usage:
         # Cut after sending: the provider may bill the prompt and what it generated.
-        out = min(received, worst.output_tokens)
-        return Usage(input_tokens=worst.input_tokens, output_tokens=out, calls=max(worst.calls, 1),
-                     usd=model.price.cost(worst.input_tokens, out, 0))
+        return cut_usage(input_tokens=worst.input_tokens, received=min(received, worst.output_tokens),
+                         calls=max(worst.calls, 1), price=model.price)
 
     stream = model.stream(request)
     try:
@@ -89,14 +89,13 @@ async def generate_watched(ctx: RunContext, request: GenerationRequest, watch: C
                                 backend=model.backend)
     except ModelAPIError as exc:
         if not res.done:
-            if exc.billed is not None:
-                res.settle(replace(exc.billed, calls=max(exc.billed.calls, 1)))
-            elif not exc.sent:
+            failed = failed_attempt_usage(exc, input_tokens=worst.input_tokens,
+                                          received=min(received, worst.output_tokens),
+                                          calls=max(worst.calls, 1), price=model.price)
+            if failed is None:
                 res.release()
-            elif exc.status is not None:
-                res.settle(Usage(calls=max(worst.calls, 1)))
             else:
-                res.settle(cut_cost())
+                res.settle(failed)
         ctx.stats["errors"] = ctx.stats.get("errors", 0) + 1
         ctx.stats["last_error"] = exc
         ctx.tracer.emit("error", where=f"model_call {model.spec}", role=role,

@@ -114,6 +114,8 @@ class Gateway:
         base = settings.base_model()
         self.served_names |= {base, base.partition(":")[0], base.partition(":")[2]} - {""}
         self.http: Any = None
+        #: Request id -> its RunContext while it runs, so a cancelled run can still be settled.
+        self.running: dict[str, Any] = {}
         self.trace_dir = Path(settings.trace_dir) if settings.trace_dir else None
         if self.trace_dir is not None:
             self.trace_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +237,7 @@ class Gateway:
 
     async def grant(self, scopes: list[Any], want: Budget, minimum: Budget | None) -> Any:
         from testtime.serve.ledgers import Grant, LimitRefused
+        from testtime.serve.ledgers.base import LedgerUnavailable
 
         if not scopes:
             return Grant(id="", budget=want)
@@ -261,6 +264,8 @@ class Gateway:
                 headers["Retry-After"] = str(int(86400 - now % 86400) + 1)
             raise ApiError(429, str(exc), type="budget_exceeded", code="limit_exceeded",
                            extra={"limit": exc.to_dict()}, headers=headers) from None
+        except LedgerUnavailable as exc:
+            raise _api_error_of(exc) from None
         if getattr(g, "degraded", False):
             self.metrics.degrade()
         return g
@@ -277,6 +282,17 @@ class Gateway:
             log.exception("settling grant %s failed; its hold will be counted as spent when it expires",
                           grant.id)
 
+    async def settle_run(self, grant: Any, rid: str, state: dict[str, Any]) -> None:
+        """Settle ``grant`` with what the run of request ``rid`` spent (none if it never started)."""
+        ctx = self.running.pop(rid, None)
+        ledger = ctx.ledger if ctx is not None else None
+        if ledger is not None:
+            from testtime.api import usage_report
+
+            # What a failed or cancelled run spent is counted too (a finished one's is set again).
+            state["usage"] = usage_report(ledger, ctx.stats)
+        await self.settle(grant, ledger)
+
     # ---------------------------------------------------------------- tracing
     def tracer(self) -> tuple[Any, str | None]:
         from testtime.trace.events import Tracer
@@ -287,10 +303,6 @@ class Gateway:
 
 
 # -------------------------------------------------------------------- runs
-#: Request id -> its RunContext while it runs, so a cancelled run can still be settled.
-holder: dict[str, Any] = {}
-
-
 async def run_search(gw: Gateway, plan: Plan, conv: Conversation, model: Model, budget: Budget,
                      rid: str, tracer: Any, trace_path: str | None) -> tuple[Any, Any]:
     """Run the plan's strategy on its own context; returns (ctx, Result). ``ctx`` is set before any call."""
@@ -305,7 +317,7 @@ async def run_search(gw: Gateway, plan: Plan, conv: Conversation, model: Model, 
                         tracer=tracer, max_tokens=plan.max_tokens, temperature=plan.temperature)
     if conv.system is not None:
         ctx.system_prompt = conv.system
-    holder[rid] = ctx
+    gw.running[rid] = ctx
     result = await arun(Problem(question=conv.question, id=rid), strategy=plan.strategy,
                         strategy_options=dict(plan.options), seed=plan.seed, context=ctx, trace=trace_path)
     return ctx, result
@@ -374,6 +386,10 @@ def create_app(settings: ServeSettings | None = None) -> Starlette:
         except ApiError as exc:
             state["status"] = exc.status
             return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        except Exception as exc:  # counted (and answered) as what it is, not as a 200
+            err = _api_error_of(exc)
+            state["status"] = err.status
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
         finally:
             if not state["stream"]:
                 _count(gw, state, t0)
@@ -488,13 +504,7 @@ async def _chat(gw: Gateway, request: Request, state: dict[str, Any]) -> Respons
             raise _api_error_of(exc) from None
     finally:
         watcher.cancel()
-        ctx = holder.pop(rid, None)
-        ledger = ctx.ledger if ctx is not None else None
-        if ledger is not None:
-            from testtime.api import usage_report
-
-            state["usage"] = usage_report(ledger, ctx.stats)
-        await gw.settle(grant, ledger)
+        await gw.settle_run(grant, rid, state)
     text, matched = apply_stop(result.text, stops)
     finish = _finish_reason(result, text, matched)
     tt = testtime_object(plan, result, grant)
@@ -522,8 +532,18 @@ async def _cancel_on_disconnect(request: Request, task: asyncio.Task[Any], gone:
 
 
 def _api_error_of(exc: BaseException) -> ApiError:
+    import httpx
+
+    from testtime.serve.ledgers.base import LedgerUnavailable
+
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, LedgerUnavailable):
+        # The shared ledgers cannot be reached: nothing was held, a retry may find the store back.
+        return ApiError(503, str(exc), type="server_error", code="ledger_unavailable",
+                        headers={"Retry-After": "1"})
+    if isinstance(exc, httpx.TransportError):  # the passthrough's upstream did not answer
+        return ApiError(502, f"the upstream model failed: {type(exc).__name__}: {exc}", type="upstream_error")
     if isinstance(exc, (CapabilityError, UserError)):
         return bad_request(str(exc))
     if isinstance(exc, ModelAPIError):
@@ -597,13 +617,7 @@ async def _stream(gw: Gateway, plan: Plan, conv: Conversation, model: Model, gra
                 with contextlib.suppress(BaseException):
                     await task
                 state["status"] = 499
-            ctx = holder.pop(rid, None)
-            ledger = ctx.ledger if ctx is not None else None
-            if ledger is not None:
-                from testtime.api import usage_report
-
-                state["usage"] = usage_report(ledger, ctx.stats)
-            await gw.settle(grant, ledger)
+            await gw.settle_run(grant, rid, state)
             _count(gw, state, t0)
 
 
@@ -631,25 +645,35 @@ async def _passthrough(gw: Gateway, request: Request, body: dict[str, Any], entr
     ledger = BudgetLedger(grant.budget)
     tracer, trace_path = gw.tracer()
     writer = None
-    if trace_path is not None:
-        from testtime.trace.jsonl import JsonlWriter
-
-        writer = JsonlWriter(trace_path)
-        tracer.add_sink(writer)
-    tracer.emit("run_start", question="(tools passthrough)", strategy="passthrough", model=model.spec,
-                budget=grant.budget.to_dict(), seed=body.get("seed"))
+    started = False
+    # From the grant on, every way out settles (or releases) the hold: a trace that
+    # cannot be opened or an upstream that does not answer included.
     try:
-        data, latency = await forward(gw.http, model, body, ledger)
+        if trace_path is not None:
+            from testtime.trace.jsonl import JsonlWriter
+
+            writer = JsonlWriter(trace_path)
+            tracer.add_sink(writer)
+        tracer.emit("run_start", question="(tools passthrough)", strategy="passthrough", model=model.spec,
+                    budget=grant.budget.to_dict(), seed=body.get("seed"))
+        started = True
+        try:
+            data, latency = await forward(gw.http, model, body, ledger)
+        except Exception as exc:
+            raise _api_error_of(exc) from None
         tracer.emit("model_call", model=model.spec, role="passthrough", n=int(body.get("n") or 1),
                     usage=ledger.usage.to_dict(), latency_s=round(latency, 6),
                     finish_reasons=[c.get("finish_reason") for c in data.get("choices") or []])
     finally:
         usage = usage_report(ledger)
         state["usage"] = usage
-        tracer.emit("run_end", answer=None, stopped_reason="done", usage=usage)
-        if writer is not None:
-            writer.close()
-        await gw.settle(grant, ledger)
+        try:
+            if started:
+                tracer.emit("run_end", answer=None, stopped_reason="done", usage=usage)
+            if writer is not None:
+                writer.close()
+        finally:
+            await gw.settle(grant, ledger)
     data["model"] = plan.model_name
     data["usage"] = usage_body(usage)
     data["testtime"] = testtime_object(plan, None, grant, passthrough=True, usage=usage,

@@ -87,17 +87,14 @@ class RedisMetricsShare:
     """Snapshots in the hash ``<prefix>metrics`` of the ledger store's Redis database."""
 
     def __init__(self, url: str) -> None:
-        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
         import redis
 
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query)
+        from testtime.serve.ledgers.redis import DEFAULT_PREFIX, split_redis_url
+
         # The same prefix as the ledger store (``?prefix=NAME``, default ``testtime:``).
-        prefix = next((v for k, v in query if k == "prefix"), "testtime:")
-        self.key = f"{prefix}metrics"
-        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-        self._r = redis.Redis.from_url(urlunsplit(parts._replace(query=rest)), decode_responses=True,
+        bare, prefix = split_redis_url(url)
+        self.key = f"{prefix if prefix is not None else DEFAULT_PREFIX}metrics"
+        self._r = redis.Redis.from_url(bare, decode_responses=True,
                                        socket_timeout=10, socket_connect_timeout=10)
 
     def write(self, worker: str, updated: float, snapshot: dict[str, Any]) -> None:

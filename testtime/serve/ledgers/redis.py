@@ -33,6 +33,27 @@ from testtime.serve.ledgers.base import (
     period_key,
     usage_amounts,
 )
+from testtime.trace.events import redact_url
+
+#: Key prefix of a Redis store whose URL names none (``?prefix=NAME``).
+DEFAULT_PREFIX = "testtime:"
+
+
+def split_redis_url(url: str) -> tuple[str, str | None]:
+    """``(url without its ?prefix=NAME query field, NAME or None)`` of a Redis store URL.
+
+    The ledger store and the shared metrics read the prefix the same way (the first ``prefix`` wins).
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = None
+    for k, v in query:
+        if k == "prefix" and prefix is None:
+            prefix = v
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
 
 # One Lua prelude shared by the scripts: row updates and the ttl sweep. Each
 # script runs atomically in Redis, so check-and-hold cannot interleave across
@@ -227,19 +248,10 @@ class RedisStore(ColumnReads):
             import redis
         except ImportError as e:
             raise MissingDependency("redis", "redis", "the Redis ledger store") from e
-        from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query)
-        for k, v in query:
-            if k == "prefix" and prefix is None:
-                prefix = v
-        rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-        self._url = urlunsplit(parts._replace(query=rest))
-        host = parts.hostname or "localhost"
-        # Shown in messages and reprs: no password.
-        self._where = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
-        self.prefix = prefix if prefix is not None else "testtime:"
+        self._url, in_url = split_redis_url(url)
+        # Shown in messages and reprs: no password (nor the query, which may hold ?password=).
+        self._where = redact_url(self._url.split("?", 1)[0])
+        self.prefix = prefix if prefix is not None else in_url if in_url is not None else DEFAULT_PREFIX
         self._clock = clock
         self._redis_errors = (redis.RedisError,)
         try:
