@@ -49,12 +49,12 @@ from testtime.testing.adversarial import (
     NoUsage,
     OverReporting,
 )
-from testtime.testing.loopback import FaultSchedule, LoopbackOpenAIServer
+from testtime.testing.loopback import MISBEHAVIOURS, LoopbackOpenAIServer, misbehaving_server
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The last commit before the spend-path rewrite ("today's" ledger in the issue).
 BEFORE = "9bbf07b"
-BACKENDS = ("honest", "over-reporting", "no-usage", "fewer-choices", "cut-stream", "error-storm")
+BACKENDS = MISBEHAVIOURS
 BUDGET = Budget(tokens=6000, calls=150, usd=0.01)
 #: Calls per run = CALLS_PER_SLOT x concurrency.
 CALLS_PER_SLOT = 3
@@ -94,19 +94,7 @@ def _fake(kind: str, seed: int) -> AdversarialModel:
 
 
 def _server(kind: str, seed: int) -> LoopbackOpenAIServer:
-    kw: dict[str, Any] = {"reply": REPLY, "owned_by": "vllm"}
-    if kind == "over-reporting":
-        kw["usage_scale"] = 50
-    elif kind == "no-usage":
-        kw["omit_usage"] = True
-    elif kind == "fewer-choices":
-        kw["choices_cap"] = 1
-    elif kind == "cut-stream":
-        kw["faults"] = FaultSchedule(pcut=0.5, seed=seed)
-    elif kind == "error-storm":
-        kw["faults"] = FaultSchedule(p408=0.1, p429=0.2, p500=0.2, ptimeout=0.1, seed=seed,
-                                     retry_after=0.01, stall=0.05)
-    return LoopbackOpenAIServer(**kw)
+    return misbehaving_server(kind, reply=REPLY, seed=seed)
 
 
 def _watch(ledger: BudgetLedger, seen: dict[str, int]) -> None:

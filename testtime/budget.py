@@ -207,6 +207,17 @@ class Usage:
             reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
 
+    def times(self, k: int) -> Usage:
+        """This usage ``k`` times over (0 for ``k <= 0``); USD summed in order, as ``k`` settles would be."""
+        if k <= 0:
+            return Usage()
+        usd = 0.0
+        for _ in range(k):
+            usd = usd + self.usd
+        return Usage(input_tokens=self.input_tokens * k, output_tokens=self.output_tokens * k,
+                     cached_tokens=self.cached_tokens * k, calls=self.calls * k, usd=usd,
+                     reasoning_tokens=self.reasoning_tokens * k)
+
     def amount(self, dimension: str) -> float:
         """The quantity this usage has on a budget dimension (0 for seconds)."""
         if dimension == "seconds":

@@ -42,7 +42,7 @@ from testtime.testing.adversarial import (
     OverReporting,
     Slow,
 )
-from testtime.testing.loopback import FaultSchedule, LoopbackOpenAIServer
+from testtime.testing.loopback import MISBEHAVIOURS, LoopbackOpenAIServer, misbehaving_server
 
 limits = st.fixed_dictionaries(
     {},
@@ -192,24 +192,9 @@ def test_adversarial_fakes_never_overspend_leak_or_undercount(lim, kinds, n_call
 
 
 # ----------------------------------------------------------------- over HTTP
-MODES = ("honest", "over-reporting", "no-usage", "fewer-choices", "cut-stream", "storm")
-
-
 def _server(mode: str, seed: int) -> LoopbackOpenAIServer:
     reply = " ".join(f"w{i}" for i in range(random.Random(seed).randint(3, 30)))
-    kw: dict[str, Any] = {"reply": reply, "owned_by": "vllm"}  # vllm: native n
-    if mode == "over-reporting":
-        kw["usage_scale"] = 50
-    elif mode == "no-usage":
-        kw["omit_usage"] = True
-    elif mode == "fewer-choices":
-        kw["choices_cap"] = 1
-    elif mode == "cut-stream":
-        kw["faults"] = FaultSchedule(pcut=0.3, seed=seed)
-    elif mode == "storm":
-        kw["faults"] = FaultSchedule(p408=0.1, p429=0.2, p500=0.2, ptimeout=0.05, seed=seed,
-                                     retry_after=0.01, stall=0.05)
-    return LoopbackOpenAIServer(**kw)
+    return misbehaving_server(mode, reply=reply, seed=seed, p_cut=0.3, p_timeout=0.05)
 
 
 async def _no_sleep(seconds: float) -> None:
@@ -220,7 +205,7 @@ async def _no_sleep(seconds: float) -> None:
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lim=limits,
-    mode=st.sampled_from(MODES),
+    mode=st.sampled_from(MISBEHAVIOURS),
     seed=st.integers(0, 10_000),
     cancel_rate=st.sampled_from([0.0, 0.2]),
     native_n=st.booleans(),

@@ -137,26 +137,34 @@ def test_journal_on_an_unwritable_path_is_a_user_error(tmp_path: Path):
         CallJournal(blocker / "sub" / "j.sqlite", "r")
 
 
-async def test_resume_charges_a_call_left_in_flight_once_across_two_resumes(tmp_path: Path):
-    """In-process: a run dies in stage b; a call of b was in flight (a pending entry)."""
-    crash = {"on": True}
+class _Crash(Exception):
+    pass
 
-    class Crash(Exception):
-        pass
+
+def _two_stage_run_that_dies_in_b(budget: str):
+    """A two-stage workflow whose stage b raises :class:`_Crash` while ``crash["on"]``."""
+    crash = {"on": True}
 
     def reply(request):
         if "stage-b" in request.prompt and crash["on"]:
-            raise Crash("dies")
+            raise _Crash("dies")
         return f"The answer is {request.seed % 10}."
 
     def build() -> Workflow:
-        wf = Workflow("r", model=FunctionModel(reply), budget="tokens=5000", seed=3)
+        wf = Workflow("r", model=FunctionModel(reply), budget=budget, seed=3)
         wf.stage("a", "stage-a")
         wf.stage("b", "stage-b {stages.a.answer}")
         return wf
 
+    return crash, build
+
+
+async def test_resume_charges_a_call_left_in_flight_once_across_two_resumes(tmp_path: Path):
+    """In-process: a run dies in stage b; a call of b was in flight (a pending entry)."""
+    crash, build = _two_stage_run_that_dies_in_b("tokens=5000")
+
     db = tmp_path / "ck.sqlite"
-    with pytest.raises(Crash):
+    with pytest.raises(_Crash):
         await build().arun(checkpoint=db, run_id="r1")
     with CallJournal(db, "r1") as j:  # as if a request of b had been sent when the process died
         j.for_stage("b").begin("b/solve/0|lost|0", WORST, "solve")
@@ -245,25 +253,11 @@ def test_fingerprint_covers_models_verifiers_options_budget_and_routes(change):
 
 
 async def test_a_stage_resumed_after_a_crash_keeps_the_budget_it_was_carved(tmp_path: Path):
-    crash = {"on": True}
-
-    class Crash(Exception):
-        pass
-
-    def reply(request):
-        if "stage-b" in request.prompt and crash["on"]:
-            raise Crash("dies")
-        return f"The answer is {request.seed % 10}."
-
-    def build() -> Workflow:
-        wf = Workflow("r", model=FunctionModel(reply), budget="tokens=5000,seconds=900", seed=3)
-        wf.stage("a", "stage-a")
-        wf.stage("b", "stage-b {stages.a.answer}")
-        return wf
+    crash, build = _two_stage_run_that_dies_in_b("tokens=5000,seconds=900")
 
     db = tmp_path / "ck.sqlite"
     starts: list = []
-    with pytest.raises(Crash):
+    with pytest.raises(_Crash):
         await build().arun(checkpoint=db, run_id="r1",
                            on_event=lambda e: starts.append(e) if e.kind == "stage_start" else None)
     crash["on"] = False

@@ -43,3 +43,24 @@ def test_any_events_index_plan_and_show_without_crashing(tmp_path: Path, events)
         show(str(path), console=Console(file=io.StringIO(), width=100))
     except UserError as exc:  # the documented outcome when no line is drawable
         assert "no readable trace events" in str(exc) or "empty trace" in str(exc)
+
+
+def test_junk_usage_counts_as_zero_and_huge_numbers_do_not_crash(tmp_path: Path):
+    from testtime.trace.index import number
+    from testtime.trace.otel import _secs, _usage_attrs
+    from testtime.trace.render import collect
+
+    assert number(10**400) is None and number(True) is None and number(float("inf")) is None and number(2) == 2.0
+    assert _secs(10**400) == 0.0 and _usage_attrs({"input_tokens": float("inf"), "calls": True}) == {}
+    path = tmp_path / "junk.jsonl"
+    rows = [{"kind": "run_start", "run_id": "r", "t": 0, "question": "q"},
+            {"kind": "model_call", "run_id": "r", "t": 1, "role": "solve",
+             "usage": {"calls": "x", "input_tokens": [1], "output_tokens": 7, "usd": 10**400}},
+            {"kind": "node_added", "run_id": "r", "t": 2, "node": 1, "score": 10**400},
+            {"kind": "stage_end", "run_id": "r", "t": 3, "score": 10**400}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = io.StringIO()
+    assert show(str(path), console=Console(file=out, width=120)) == []  # nothing skipped any more
+    assert "score=1000000000000000000" in out.getvalue()  # drawn, cut short
+    spend = collect(rows)[1]["(run)"].spend["solve"]
+    assert (spend.calls, spend.input_tokens, spend.output_tokens, spend.usd) == (0, 0, 7, 0.0)

@@ -74,46 +74,40 @@ async def test_map_returns_results_in_the_order_of_the_programs() -> None:
     assert await pool.map([]) == []
 
 
-async def test_concurrent_runs_never_exceed_the_pool_width_and_reach_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    in_flight = 0
-    peak = 0
+class _Counting:
+    """A stand-in for ``sandbox.run_python`` that counts runs in flight and the peak."""
 
-    async def counting(code: str, *, limits: SandboxLimits | None = None, stdin: str = "",
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.peak = 0
+
+    async def __call__(self, code: str, *, limits: SandboxLimits | None = None, stdin: str = "",
                        isolation: object = None) -> SandboxResult:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
         try:
             await asyncio.sleep(0.02)
             return _result(stdout=code)
         finally:
-            in_flight -= 1
+            self.in_flight -= 1
 
+
+async def test_concurrent_runs_never_exceed_the_pool_width_and_reach_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = _Counting()
     monkeypatch.setattr(sandbox, "run_python", counting)
     pool = SandboxPool(workers=3)
     results = await pool.map([str(i) for i in range(20)])
-    assert peak == 3
-    assert in_flight == 0
+    assert counting.peak == 3
+    assert counting.in_flight == 0
     assert [r.stdout for r in results] == [str(i) for i in range(20)]
 
 
 async def test_two_maps_on_one_pool_share_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
-    in_flight = 0
-    peak = 0
-
-    async def counting(code: str, *, limits: SandboxLimits | None = None, stdin: str = "",
-                       isolation: object = None) -> SandboxResult:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.02)
-        in_flight -= 1
-        return _result()
-
+    counting = _Counting()
     monkeypatch.setattr(sandbox, "run_python", counting)
     pool = SandboxPool(workers=2)
     await asyncio.gather(pool.map(["a"] * 5), pool.map(["b"] * 5))
-    assert peak == 2
+    assert counting.peak == 2
 
 
 async def test_every_run_reuses_the_one_isolation_object_the_pool_chose(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -77,37 +77,16 @@ def sample_key(sample: dict[str, Any]) -> str | None:
 def best_of_majority_top_k(samples: Sequence[dict[str, Any]], k: int, threshold: float = 0.2) -> list[str]:
     """The top-``k`` answers Best-of-Majority picks from ``samples`` (dicts with answer/score).
 
-    Mirrors :class:`testtime.search.best_of_majority.BestOfMajority`: answers
+    Ranks with :func:`testtime.search.best_of_majority.rank_answers`, as
+    :class:`~testtime.search.best_of_majority.BestOfMajority` does: answers
     with frequency ``>= threshold x N`` (N = samples stating an answer; when
     none reaches it, the most frequent ones) ranked by best score (scored
     before unscored), then frequency, then first appearance.
     """
-    counts: dict[str, int] = {}
-    first: dict[str, int] = {}
-    best: dict[str, float | None] = {}
-    for i, s in enumerate(samples):
-        key = sample_key(s)
-        if key is None:
-            continue
-        counts[key] = counts.get(key, 0) + 1
-        first.setdefault(key, i)
-        score = s.get("score")
-        if score is not None and (best.get(key) is None or score > best[key]):  # type: ignore[operator]
-            best[key] = float(score)
-        best.setdefault(key, None)
-    if not counts:
-        return []
-    total = sum(counts.values())
-    eligible = [a for a, c in counts.items() if c >= threshold * total]
-    if not eligible:
-        top = max(counts.values())
-        eligible = [a for a, c in counts.items() if c == top]
+    from testtime.search.best_of_majority import rank_answers
 
-    def order(a: str) -> tuple[bool, float, int, int]:
-        s = best[a]
-        return (s is not None, -1.0 if s is None else s, counts[a], -first[a])
-
-    return sorted(eligible, key=order, reverse=True)[:k]
+    ranked = rank_answers(((sample_key(s), s.get("score")) for s in samples), threshold)
+    return [answer for answer, _ in ranked[:k]]
 
 
 def bom_pass_at_k(samples: Sequence[dict[str, Any]], k: int, threshold: float = 0.2) -> bool:

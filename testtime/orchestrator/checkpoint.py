@@ -140,9 +140,13 @@ class _Entry:
 
     def paid(self) -> Usage | None:
         """What this entry is charged at: its usage, or its worst case when abandoned."""
-        if self.status in (PENDING, ABANDONED):
-            return self.worst
-        return self.usage
+        return charged_at(self.status, self.worst, self.usage)
+
+
+def charged_at(status: str, worst: Usage | None, usage: Usage | None) -> Usage | None:
+    """What a journal entry is charged at: pending or abandoned calls (in flight at a
+    crash) at their worst case, the others at what was settled."""
+    return worst if status in (PENDING, ABANDONED) else usage
 
 
 @dataclass(slots=True)
@@ -411,7 +415,7 @@ class CallJournal:
         """
         out: dict[str, dict[str, Usage]] = {}
         for e in self.entries():
-            paid = e["worst"] if e["status"] in (PENDING, ABANDONED) else e["usage"]
+            paid = charged_at(e["status"], e["worst"], e["usage"])
             if paid is None:
                 continue
             roles = out.setdefault(e["stage"] or "", {})

@@ -293,7 +293,8 @@ MAX_DERIVED_N = 4096
 #: hardly state an answer.
 MIN_SAMPLE_TOKENS = 32
 
-_SPEND_DIMS = ("tokens", "input_tokens", "output_tokens", "calls", "usd")
+#: The dimensions a call spends on (every budget dimension but wall time).
+SPEND_DIMENSIONS = ("tokens", "input_tokens", "output_tokens", "calls", "usd")
 
 
 def affordable_n(ctx: RunContext, request: GenerationRequest, *, cap: int = 64,
@@ -327,7 +328,7 @@ def derived_n_cap(ctx: RunContext, request: GenerationRequest, max_n: int | None
     if max_n is not None:
         return max(int(max_n), 0)
     worst = ctx.model.worst_case(request.with_(n=1))
-    for dim in _SPEND_DIMS:
+    for dim in SPEND_DIMENSIONS:
         if worst.amount(dim) > 0 and ctx.ledger.remaining(dim) != float("inf"):
             return MAX_DERIVED_N
     return UNBOUNDED_N
@@ -356,23 +357,11 @@ def plan_batches(ctx: RunContext, request: GenerationRequest, want: int, *, batc
         cap = batch  # the next full batch does not fit: as many samples as do
     else:
         return sizes
-    held = _repeated(w_full, m) if m else None
+    held = w_full.times(m) if m else None
     k = affordable_n(ctx, request, cap=cap, plus=held)
     if k:
         sizes.append(k)
     return sizes
-
-
-def _repeated(usage: Usage | None, times: int) -> Usage:
-    """``usage`` added to itself ``times`` times, starting from zero (floats summed in order)."""
-    if usage is None or times <= 0:
-        return Usage()
-    usd = 0.0
-    for _ in range(times):
-        usd = usd + usage.usd
-    return Usage(input_tokens=usage.input_tokens * times, output_tokens=usage.output_tokens * times,
-                 cached_tokens=usage.cached_tokens * times, calls=usage.calls * times, usd=usd,
-                 reasoning_tokens=usage.reasoning_tokens * times)
 
 
 def sample_candidate(gen: Generation) -> Candidate:
@@ -465,16 +454,6 @@ async def draw_solutions(problem: Problem, ctx: RunContext, *, n: int | None = N
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
     return [c for i in sorted(results) for c in results[i]], stopped
-
-
-async def sample_solutions(problem: Problem, ctx: RunContext, n: int, *, batch: int = 8,
-                           logprobs: bool = False, role: str = "solve") -> tuple[list[Candidate], str]:
-    """Draw up to ``n`` full solutions in concurrent batches, anytime (see :func:`draw_solutions`).
-
-    Returns the candidates obtained and ``"done"`` or ``"budget_exhausted"``
-    (some batch was refused; the others still count).
-    """
-    return await draw_solutions(problem, ctx, n=n, batch=batch, logprobs=logprobs, role=role)
 
 
 def fit_request(ctx: RunContext, request: GenerationRequest, *, min_tokens: int = 16) -> GenerationRequest | None:

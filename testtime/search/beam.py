@@ -60,9 +60,6 @@ from testtime.search.stepwise import (
 from testtime.verifiers.answer import extract_answer
 from testtime.verifiers.base import aggregate
 
-#: Kept for callers of the old name: how many units of a usage the budget pays for.
-units_affordable = affordable_count
-
 SELECTIONS = ("prm", "weighted")
 
 

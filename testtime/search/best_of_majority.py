@@ -23,7 +23,7 @@ reward), then the other samples; ``stats["top_k"]`` lists the k answers.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections.abc import Iterable, Mapping
 
 from testtime.context import RunContext
 from testtime.errors import UserError
@@ -109,14 +109,13 @@ class BestOfMajority(SearchStrategy):
         counts = answer_counts(cands)
         n = len(cands)
         eligible = self._eligible(counts)
-        pool = [c for c in cands if normalize_answer(c.answer) in eligible]
         total = sum(counts.values())
         # Unscored samples (ineligible answers) were ranked by frequency alone.
         record_candidates(tree, cands, source="frequency",
                           fallback=lambda c: counts.get(normalize_answer(c.answer) or "", 0) / total
                           if total else 0.0)
-        ranked = self._rank(pool, counts)
-        top_k = ranked[: self.k]
+        ranked = rank_answers(((normalize_answer(c.answer), c.score) for c in cands), self.threshold)
+        top_k = [(key, cands[i]) for key, i in ranked[: self.k]]
         firsts = [best for _, best in top_k]
         rest = [c for c in cands if all(c is not b for b in firsts)]
         for c in cands:
@@ -143,39 +142,54 @@ class BestOfMajority(SearchStrategy):
     def _eligible(self, counts: dict[str, int]) -> set[str]:
         """Answers given by at least ``threshold x N`` of the N samples that state one
         (else the most frequent ones)."""
-        n = sum(counts.values())
-        eligible = {a for a, c in counts.items() if c >= self.threshold * n}
-        if not eligible and counts:
-            top = max(counts.values())
-            eligible = {a for a, c in counts.items() if c == top}
-        return eligible
+        return eligible_answers(counts, self.threshold)
 
     def _pool(self, cands: list[Candidate]) -> list[Candidate]:
         """The samples of the eligible answers."""
         eligible = self._eligible(answer_counts(cands))
         return [c for c in cands if normalize_answer(c.answer) in eligible]
 
-    @staticmethod
-    def _rank(pool: list[Candidate], counts: dict[str, int]) -> list[tuple[str, Candidate]]:
-        """Eligible answers, best first, each with its best-scored sample.
 
-        Order: answers with a score before unscored ones, then reward, then
-        frequency, then first appearance.
-        """
-        best: dict[str, Candidate] = {}
-        first: dict[str, int] = {}
-        groups: dict[str, list[Candidate]] = defaultdict(list)
-        for i, c in enumerate(pool):
-            key = normalize_answer(c.answer)
-            if key is None:
-                continue
-            groups[key].append(c)
-            first.setdefault(key, i)
-        for key, group in groups.items():
-            best[key] = max(group, key=lambda c: -1.0 if c.score is None else c.score)
+def eligible_answers(counts: Mapping[str, int], threshold: float) -> set[str]:
+    """The answers given by at least ``threshold x N`` of the N samples that state
+    one (``counts``: answer -> samples); when none reaches it, the most frequent ones."""
+    n = sum(counts.values())
+    eligible = {a for a, c in counts.items() if c >= threshold * n}
+    if not eligible and counts:
+        top = max(counts.values())
+        eligible = {a for a, c in counts.items() if c == top}
+    return eligible
 
-        def order(key: str) -> tuple[bool, float, int, int]:
-            s = best[key].score
-            return (s is not None, -1.0 if s is None else s, counts.get(key, 0), -first[key])
 
-        return [(k, best[k]) for k in sorted(best, key=order, reverse=True)]
+def rank_answers(samples: Iterable[tuple[str | None, float | None]], threshold: float) -> list[tuple[str, int]]:
+    """Best-of-Majority's ranking of the answers of ``samples``, best first.
+
+    ``samples`` are ``(answer key, score)`` pairs in draw order (the key
+    normalised, None for a sample that states no answer; the score None when
+    unscored). Keeps the :func:`eligible_answers` (frequency filter), then
+    orders them: answers with a score before unscored ones, then by their best
+    score, then frequency, then first appearance. Returns each kept answer
+    with the index of its best sample (the first one with its best score, or
+    its first sample when none is scored). :class:`BestOfMajority` and the
+    benchmark's pass@k statistics both rank with this.
+    """
+    counts: dict[str, int] = {}
+    first: dict[str, int] = {}
+    best: dict[str, tuple[float | None, int]] = {}  # answer -> (best score, index of that sample)
+    for i, (key, score) in enumerate(samples):
+        if key is None:
+            continue
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, i)
+        held = best.get(key)
+        if held is None:
+            best[key] = (None if score is None else float(score), i)
+        elif score is not None and (held[0] is None or score > held[0]):
+            best[key] = (float(score), i)
+    eligible = eligible_answers(counts, threshold)
+
+    def order(key: str) -> tuple[bool, float, int, int]:
+        s = best[key][0]
+        return (s is not None, -1.0 if s is None else s, counts[key], -first[key])
+
+    return [(key, best[key][1]) for key in sorted(eligible, key=order, reverse=True)]

@@ -26,6 +26,7 @@ from testtime.context import RunContext
 from testtime.errors import SearchStop, UserError
 from testtime.search.base import (
     MIN_SAMPLE_TOKENS,
+    SPEND_DIMENSIONS,
     Candidate,
     Problem,
     SearchResult,
@@ -65,7 +66,7 @@ def cost_ratio(ledger: BudgetLedger, sampled: Usage, before: Usage, after: Usage
     binds first); None when sampling cost nothing on any of them.
     """
     best: float | None = None
-    for dim in ("tokens", "input_tokens", "output_tokens", "calls", "usd"):
+    for dim in SPEND_DIMENSIONS:
         if ledger.remaining(dim) == float("inf"):
             continue
         cost = sampled.amount(dim)

@@ -287,13 +287,6 @@ def parse_choice(text: str, k: int) -> int | None:
     return n if 1 <= n <= k else None
 
 
-def _times(u: Usage, k: int) -> Usage:
-    total = Usage()
-    for _ in range(max(k, 0)):
-        total = total + u
-    return total
-
-
 class CodeMonkeys(SearchStrategy):
     """Parallel candidates x serial repairs on model-written tests, then votes and a judge.
 
@@ -401,14 +394,8 @@ class CodeMonkeys(SearchStrategy):
         if self.judge:
             dummy = [Version(code=filler, tokens=0, node=0, round=0)] * self.top_k
             fixed = fixed + model.worst_case(self.judge_request(problem, ctx, dummy, 1))
-        per = solve + _times(repair, self.iterations)
-        lo, hi = 0, self.max_candidates
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if ctx.ledger.can_afford(fixed + _times(per, mid)):
-                lo = mid
-            else:
-                hi = mid - 1
+        per = solve + repair.times(self.iterations)
+        lo = ctx.ledger.affordable_repeats(per, self.max_candidates, plus=fixed)
         if lo == 0 and ctx.ledger.can_afford(solve):
             lo = 1  # one unrepaired, unjudged candidate beats none
         return lo

@@ -39,7 +39,7 @@ import math
 from typing import Any
 
 from testtime.context import RunContext
-from testtime.errors import BudgetExhausted, SearchStop, UserError
+from testtime.errors import SearchStop, UserError
 from testtime.search.base import (
     Candidate,
     Problem,
@@ -178,14 +178,14 @@ class MCTS(SearchStrategy):
 
     async def evaluate(self, problem: Problem, ctx: RunContext, tree: SearchTree, node: int,
                        state: dict[str, Any]) -> float:
-        """The value of ``node`` (cached for finished nodes); may raise BudgetExhausted."""
+        """The value of ``node`` (cached for finished nodes); raises SearchStop when the budget cannot pay for it."""
         attrs = tree[node]
         if attrs.get("eval") is not None:
             return attrs["eval"]
         prm_value = None
         if self.evaluation in ("prm", "both") or attrs["terminal"]:
             if not await score_nodes(problem, ctx, tree, [node], state["stats"], how=self.aggregation):
-                raise BudgetExhausted("tokens", 0.0, 0.0, ctx.ledger.name)
+                raise SearchStop("the budget cannot pay to evaluate this node")
             prm_value = float(attrs["score"])
         outcome = None
         if attrs["terminal"]:
@@ -200,7 +200,7 @@ class MCTS(SearchStrategy):
         elif self.evaluation in ("rollout", "both"):
             cand = await complete(problem, ctx, tree, node, max_tokens=self.rollout_max_tokens)
             if cand is None:
-                raise BudgetExhausted("tokens", 0.0, 0.0, ctx.ledger.name)
+                raise SearchStop("the budget cannot pay to evaluate this node")
             cand.data["rollout"] = True
             state["rollouts"].setdefault(node, []).append(cand)
             outcome = await self._outcome(problem, ctx, cand.text, state, cand)

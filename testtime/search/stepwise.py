@@ -17,6 +17,7 @@ from testtime.context import RunContext
 from testtime.errors import SearchStop, UserError
 from testtime.models.base import Generation, GenerationRequest
 from testtime.search.base import (
+    SPEND_DIMENSIONS,
     Candidate,
     Problem,
     SearchTree,
@@ -250,12 +251,9 @@ async def complete(problem: Problem, ctx: RunContext, tree: SearchTree, node: in
                      + gens[0].usage.output_tokens, node=node, data={"completed_from": node})
 
 
-_SPEND_DIMS = ("tokens", "input_tokens", "output_tokens", "calls", "usd")
-
-
 def spend_snapshot(ctx: RunContext) -> dict[str, float]:
     """What the ledger has spent so far on each countable dimension."""
-    return {dim: ctx.ledger.spent(dim) for dim in _SPEND_DIMS}
+    return {dim: ctx.ledger.spent(dim) for dim in SPEND_DIMENSIONS}
 
 
 def repeats_affordable(ctx: RunContext, before: dict[str, float], units: int, *,
@@ -268,7 +266,7 @@ def repeats_affordable(ctx: RunContext, before: dict[str, float], units: int, *,
     if units <= 0:
         return 0
     best = math.inf
-    for dim in _SPEND_DIMS:
+    for dim in SPEND_DIMENSIONS:
         room = ctx.ledger.remaining(dim)
         per = (ctx.ledger.spent(dim) - before[dim]) / units
         if room != math.inf and per > 0:
@@ -309,7 +307,8 @@ def diff_usage(after: Usage, before: Usage) -> Usage:
     return Usage(input_tokens=after.input_tokens - before.input_tokens,
                  output_tokens=after.output_tokens - before.output_tokens,
                  cached_tokens=after.cached_tokens - before.cached_tokens,
-                 calls=after.calls - before.calls, usd=after.usd - before.usd)
+                 calls=after.calls - before.calls, usd=after.usd - before.usd,
+                 reasoning_tokens=after.reasoning_tokens - before.reasoning_tokens)
 
 
 def prefix_cache_report(ctx: RunContext, before: Usage | None = None) -> dict[str, Any]:
@@ -330,7 +329,7 @@ def prefix_cache_report(ctx: RunContext, before: Usage | None = None) -> dict[st
 def affordable_count(ctx: RunContext, cost: Usage) -> float:
     """How many times ``cost`` fits in what remains (inf if nothing limits it)."""
     units = math.inf
-    for dim in _SPEND_DIMS:
+    for dim in SPEND_DIMENSIONS:
         need = cost.amount(dim)
         room = ctx.ledger.remaining(dim)
         if need > 0 and room != math.inf:

@@ -31,6 +31,8 @@ _WHERE = {
     "Forwarded": "faultproxy",
     "FaultSchedule": "loopback",
     "LoopbackOpenAIServer": "loopback",
+    "MISBEHAVIOURS": "loopback",
+    "misbehaving_server": "loopback",
     "Served": "loopback",
 }
 

@@ -41,7 +41,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlparse
 
-from testtime.testing.loopback import FaultFn, FaultSchedule, LoopbackHTTP
+from testtime.testing.loopback import FaultFn, FaultSchedule, LoopbackHTTP, QuietHandler, send_json
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
         "transfer-encoding", "upgrade", "content-length"}
@@ -147,13 +147,7 @@ class FaultProxy(LoopbackHTTP):
         self._gets = 0
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 proxy._handle_counted(self, "GET")
 
@@ -196,17 +190,6 @@ class FaultProxy(LoopbackHTTP):
                 self._active -= 1
                 self._idle.notify_all()
 
-    def _send_json(self, h: BaseHTTPRequestHandler, code: int, body: dict[str, Any],
-                   headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(body).encode()
-        h.send_response(code)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        for k, v in (headers or {}).items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(data)
-
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length) if length else b""
@@ -231,12 +214,12 @@ class FaultProxy(LoopbackHTTP):
         try:
             if kind == "429":
                 wait = sched.retry_after if sched else 0.05
-                self._send_json(h, 429, {"error": {"message": "rate limited (proxy)", "type": "rate_limit_error",
+                send_json(h, 429, {"error": {"message": "rate limited (proxy)", "type": "rate_limit_error",
                                                    "code": "rate_limit_exceeded"}},
                                 {"Retry-After": f"{wait:g}"})
                 return
             if kind in ("408", "500"):
-                self._send_json(h, int(kind), {"error": {"message": f"injected {kind} (proxy)",
+                send_json(h, int(kind), {"error": {"message": f"injected {kind} (proxy)",
                                                          "type": "server_error"}})
                 return
             if kind == "timeout":
@@ -261,7 +244,7 @@ class FaultProxy(LoopbackHTTP):
                 conn.request(method, h.path, body=raw or None, headers=headers)
                 resp = conn.getresponse()
             except (OSError, http.client.HTTPException) as exc:
-                self._send_json(h, 502, {"error": {"message": f"upstream unreachable: {exc}"}})
+                send_json(h, 502, {"error": {"message": f"upstream unreachable: {exc}"}})
                 return
             if method == "POST":
                 with self._lock:

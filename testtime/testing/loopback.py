@@ -158,6 +158,34 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def send_json(h: BaseHTTPRequestHandler, code: int, body: dict[str, Any],
+              headers: dict[str, str] | None = None) -> None:
+    """Answer ``h``'s request with ``body`` as JSON (status ``code``, extra ``headers``)."""
+    data = json.dumps(body).encode()
+    h.send_response(code)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(data)))
+    for k, v in (headers or {}).items():
+        h.send_header(k, v)
+    h.end_headers()
+    h.wfile.write(data)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A kept-alive HTTP/1.1 request handler with Nagle off and no request log."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, the body
+    # waits for the client's delayed ACK (~40 ms) on kept-alive sockets.
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        send_json(self, code, body, headers)
+
+
 class LoopbackHTTP:
     """A threaded HTTP server on 127.0.0.1 (an OS-chosen port) that stops on ``close()`` / exit.
 
@@ -238,25 +266,7 @@ class LoopbackOpenAIServer(LoopbackHTTP):
         self._lock = threading.Lock()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # Headers and body go out in two writes; with Nagle on, the body
-            # waits for the client's delayed ACK (~40 ms) on kept-alive sockets.
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                pass
-
-            def _send(self, code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
                     entry: dict[str, Any] = {"id": server.model, "object": "model"}
@@ -492,6 +502,36 @@ class LoopbackOpenAIServer(LoopbackHTTP):
             self._count(prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"])
         self._count(ok=1)
 
+
+
+#: The misbehaviours :func:`misbehaving_server` builds, by name.
+MISBEHAVIOURS = ("honest", "over-reporting", "no-usage", "fewer-choices", "cut-stream", "error-storm")
+
+
+def misbehaving_server(mode: str, *, reply: Any, seed: int = 0, p_cut: float = 0.5, p_timeout: float = 0.1,
+                       **kw: Any) -> LoopbackOpenAIServer:
+    """A loopback server (native ``n``, as vLLM) that misbehaves as ``mode`` of :data:`MISBEHAVIOURS`.
+
+    ``over-reporting`` bills 50x the tokens, ``no-usage`` omits usage,
+    ``fewer-choices`` returns one choice whatever ``n`` asks, ``cut-stream``
+    cuts a ``p_cut`` share of replies, ``error-storm`` answers with seeded
+    408/429/500 and ``p_timeout`` stalls; ``kw`` goes to the server.
+    """
+    kw = {"reply": reply, "owned_by": "vllm", **kw}
+    if mode == "over-reporting":
+        kw["usage_scale"] = 50
+    elif mode == "no-usage":
+        kw["omit_usage"] = True
+    elif mode == "fewer-choices":
+        kw["choices_cap"] = 1
+    elif mode == "cut-stream":
+        kw["faults"] = FaultSchedule(pcut=p_cut, seed=seed)
+    elif mode == "error-storm":
+        kw["faults"] = FaultSchedule(p408=0.1, p429=0.2, p500=0.2, ptimeout=p_timeout, seed=seed,
+                                     retry_after=0.01, stall=0.05)
+    elif mode != "honest":
+        raise ValueError(f"unknown misbehaviour {mode!r}; known: {', '.join(MISBEHAVIOURS)}")
+    return LoopbackOpenAIServer(**kw)
 
 
 class _Cut(Exception):

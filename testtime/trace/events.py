@@ -148,48 +148,46 @@ def redact(value: Any, key: str = "") -> Any:
     if kind in _PLAIN:
         return value
     if isinstance(value, dict):
-        seen = _SECRET_KEYS_SEEN
-        out = {}
-        for k, v in value.items():
-            ks = k if type(k) is str else str(k)
-            secret = seen.get(ks)
-            if secret is None:
-                secret = _secret_key(ks)
-            if secret:
-                out[k] = "[redacted]"
-            else:
-                vt = type(v)
-                if vt in _PLAIN:
-                    out[k] = v
-                elif vt is str:
-                    out[k] = _redact_text(v)
-                else:
-                    out[k] = redact(v, ks)
-        return out
+        return _redact_items(value, {})
     if isinstance(value, (list, tuple)):
         return [v if type(v) in _PLAIN else _redact_text(v) if type(v) is str else redact(v)
                 for v in value]
     return value
 
 
+def _redact_items(src: dict[Any, Any], dst: dict[Any, Any]) -> dict[Any, Any]:
+    """The one loop that redacts a dict's items: ``src``'s items, redacted, into ``dst``.
+
+    ``dst`` is a new dict (:func:`redact`) or ``src`` itself (:func:`_redact_kwargs`:
+    values are then replaced in place and plain values are left where they are).
+    Nested values are redacted into copies either way.
+    """
+    seen = _SECRET_KEYS_SEEN
+    copy = dst is not src
+    for k, v in src.items():
+        ks = k if type(k) is str else str(k)
+        secret = seen.get(ks)
+        if secret is None:
+            secret = _secret_key(ks)
+        if secret:
+            dst[k] = "[redacted]"
+        else:
+            vt = type(v)
+            if vt in _PLAIN:
+                if copy:
+                    dst[k] = v
+            elif vt is str:
+                dst[k] = _redact_text(v)
+            else:
+                dst[k] = redact(v, ks)
+    return dst
+
+
 def _redact_kwargs(data: dict[str, Any]) -> dict[str, Any]:
     """:func:`redact` for an emit's own ``**data`` (a fresh dict nobody else holds):
     values are replaced in place instead of copying the dict; nested values are
     redacted into copies as usual."""
-    seen = _SECRET_KEYS_SEEN
-    for k, v in data.items():
-        secret = seen.get(k)
-        if secret is None:
-            secret = _secret_key(k)
-        if secret:
-            data[k] = "[redacted]"
-        elif type(v) in _PLAIN:
-            continue
-        elif type(v) is str:
-            data[k] = _redact_text(v)
-        else:
-            data[k] = redact(v, k)
-    return data
+    return _redact_items(data, data)
 
 
 def redact_url(text: str) -> str:

@@ -15,7 +15,6 @@ Traces of every version are read: fields a version lacks are simply absent.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from testtime.errors import UserError
+from testtime.trace.numbers import number
 from testtime.trace.thinking import ThinkingSummary, event_detail
 
 RUN = "(run)"
@@ -35,13 +35,6 @@ INCIDENT_KINDS = frozenset({"budget_refused", "error"})
 #: Events shown as leaves under their stage.
 LEAF_KINDS = frozenset({"verify_round", "verdict", "refine", "route", "budget_refused", "retry", "error", "note",
                         "thinking"})
-
-
-def number(v: Any) -> float | None:
-    """``v`` as a finite float, else None (bools are not numbers here)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v) if math.isfinite(v) else None
 
 
 def fmt_num(v: Any, digits: int = 3) -> str:

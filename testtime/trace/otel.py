@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import sys
 import threading
@@ -41,6 +40,7 @@ from typing import Any
 
 from testtime.errors import TesttimeError, UserError
 from testtime.trace.events import TraceEvent, add_default_sink, redact, remove_default_sink
+from testtime.trace.numbers import number
 
 ENV_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _USAGE_KEYS = ("tokens", "input_tokens", "output_tokens", "cached_tokens", "calls", "usd", "seconds")
@@ -96,19 +96,17 @@ def _clean(attrs: dict[str, Any]) -> dict[str, Any]:
 def _usage_attrs(usage: Any, prefix: str = "testtime.usage.") -> dict[str, Any]:
     if not isinstance(usage, dict):
         return {}
-    out = {f"{prefix}{k}": usage[k] for k in _USAGE_KEYS if isinstance(usage.get(k), (int, float))}
-    if isinstance(usage.get("input_tokens"), (int, float)):
-        out["gen_ai.usage.input_tokens"] = int(usage["input_tokens"])
-    if isinstance(usage.get("output_tokens"), (int, float)):
-        out["gen_ai.usage.output_tokens"] = int(usage["output_tokens"])
+    out = {f"{prefix}{k}": usage[k] for k in _USAGE_KEYS if number(usage.get(k)) is not None}
+    for k in ("input_tokens", "output_tokens"):
+        if number(usage.get(k)) is not None:
+            out[f"gen_ai.usage.{k}"] = int(usage[k])
     return out
 
 
 def _secs(v: Any) -> float:
     """A time field as seconds: finite and >= 0, else 0 (a hand-edited trace may hold anything)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        return 0.0
-    return min(float(v), _MAX_SECS)
+    n = number(v)
+    return 0.0 if n is None or n < 0 else min(n, _MAX_SECS)
 
 
 #: Longer than any run; keeps nanosecond timestamps inside OTLP's 64 bits.

@@ -11,7 +11,6 @@ workflows, including resumed ones (one file appended by both processes).
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from testtime.trace.numbers import number
 from testtime.trace.thinking import ThinkingSummary
 
 RUN = "(run)"
@@ -50,11 +50,12 @@ class _Spend:
     reasoning_tokens: int = 0
 
     def add(self, usage: dict[str, Any]) -> None:
-        self.calls += int(usage.get("calls", 1))
-        self.input_tokens += int(usage.get("input_tokens", 0))
-        self.output_tokens += int(usage.get("output_tokens", 0))
-        self.usd += float(usage.get("usd", 0.0))
-        self.reasoning_tokens += int(usage.get("reasoning_tokens") or 0)
+        """Add one call's ``usage``; a field that is not a finite number counts as 0."""
+        self.calls += int(number(usage.get("calls", 1)) or 0)
+        self.input_tokens += int(number(usage.get("input_tokens", 0)) or 0)
+        self.output_tokens += int(number(usage.get("output_tokens", 0)) or 0)
+        self.usd += number(usage.get("usd", 0.0)) or 0.0
+        self.reasoning_tokens += int(number(usage.get("reasoning_tokens")) or 0)
 
 
 @dataclass(slots=True)
@@ -93,9 +94,10 @@ class _Strategy:
             self._rank(node, d.get("score"))
 
     def _rank(self, node: int, score: Any) -> None:
-        if isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score):
+        n = number(score)
+        if n is not None:
             top = [t for t in self.top if t[1] != node]
-            top.append((float(score), node))
+            top.append((n, node))
             top.sort(key=lambda t: (-t[0], t[1]))
             self.top = top[:_TOP]
 
@@ -138,7 +140,14 @@ class _Stage:
 
 
 def _fmt_score(v: Any) -> str:
-    return "-" if v is None else (f"{v:.3f}" if isinstance(v, (int, float)) else str(v))
+    if v is None:
+        return "-"
+    if isinstance(v, (int, float)):
+        try:
+            return f"{v:.3f}"
+        except OverflowError:  # an int too large for a float
+            return _short(v, 20)
+    return str(v)
 
 
 def _numbers(d: dict[str, Any]) -> str:
@@ -469,7 +478,10 @@ def build_tree(events: Iterable[dict[str, Any]], *, max_nodes: int = 40) -> Tree
 
 def budget_table(events: Iterable[dict[str, Any]]) -> Table:
     """Spend per stage and role (from model_call events), with stage budgets."""
-    _, stages = collect(events)
+    return _budget_table(collect(events)[1])
+
+
+def _budget_table(stages: dict[str, _Stage]) -> Table:
     table = Table(title="Budget by stage and role", header_style="bold")
     # A "thinking" column (the part of output tokens spent thinking) only when some call thought.
     thinks = any(s.reasoning_tokens > 0 for st in stages.values() for s in st.spend.values())
@@ -507,24 +519,22 @@ def render(events: list[dict[str, Any]], *, max_nodes: int = 40) -> Group:
     parts: list[Any] = [tt.tree(max_nodes=max_nodes)]
     if tt.thinking:
         parts.append(Text(tt.thinking.line(), style="cyan"))
-    parts += [budget_table(events), Text.assemble(("global budget: ", "bold"), limits)]
+    parts += [_budget_table(tt.stages), Text.assemble(("global budget: ", "bold"), limits)]
     return Group(*parts)
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
-
-
 def _real(v: Any) -> bool:
-    """A finite number that is not a bool (a node's score, visits, f, ...)."""
-    return _number(v) and not isinstance(v, bool)
+    """A finite number that is not a bool (a node's score, visits, f, a budget's limit, ...)."""
+    return number(v) is not None
 
 
 def check_event(e: dict[str, Any]) -> str | None:
     """None if the renderer can draw ``e``, else which field has the wrong type.
 
     ``trace show`` skips such events (a hand-edited or foreign trace) instead
-    of failing on them.
+    of failing on them. Only what :class:`TraceTree` and the budget lines
+    cannot take is checked here; odd numbers (a usage count that is a string,
+    ``inf``) count as 0 where they are added up.
     """
     kind = e.get("kind")
     if kind in ("node_added", "node_pruned", "node_selected", "node_scored"):
@@ -537,18 +547,14 @@ def check_event(e: dict[str, Any]) -> str | None:
     if "role" in e and not isinstance(e["role"], str):
         return "'role' is not a string"
     usage = e.get("usage")
-    if usage is not None:
-        if not isinstance(usage, dict):
-            return "'usage' is not an object"
-        if any(k in usage and not _number(usage[k])
-               for k in ("calls", "input_tokens", "output_tokens", "usd", "reasoning_tokens")):
-            return "'usage' has a non-numeric count"
+    if usage is not None and not isinstance(usage, dict):
+        return "'usage' is not an object"
     for key in ("params", "budget"):
         value = e.get(key)
         if value is not None and not isinstance(value, dict):
             return f"'{key}' is not an object"
     budget = e.get("budget")
-    if isinstance(budget, dict) and not all(_number(v) for v in budget.values()):
+    if isinstance(budget, dict) and not all(_real(v) for v in budget.values()):
         return "'budget' has a non-numeric limit"
     return None
 
@@ -562,18 +568,7 @@ def show(path: str, *, console: Console | None = None, max_nodes: int = 40) -> l
     from testtime.errors import UserError
     from testtime.trace.jsonl import load_events
 
-    probe = TraceTree()
-
-    def usable(e: dict[str, Any]) -> str | None:
-        why = check_event(e)
-        if why is None:
-            try:  # belt and braces: an event the tree still cannot take is skipped too
-                probe.add(e)
-            except (TypeError, ValueError, AttributeError, KeyError, OverflowError, RecursionError):
-                why = f"a {e.get('kind')!r} event with fields of the wrong type"
-        return why
-
-    events, skipped = load_events(path, check=usable)
+    events, skipped = load_events(path, check=check_event)
     if not events:
         if skipped:
             lineno, why = skipped[0]

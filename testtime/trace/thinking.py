@@ -10,17 +10,16 @@ nothing and nothing is printed.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from testtime.trace.numbers import number
+
 
 def _count(v: Any) -> int:
     """A token count from an event field (anything else counts as 0)."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        return 0
-    return int(v)
+    return int(number(v) or 0)
 
 
 @dataclass(slots=True)

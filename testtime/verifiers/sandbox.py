@@ -461,9 +461,12 @@ def _sweep(tag: bytes) -> int:
 
 
 async def _reap(tag: bytes, deadline_s: float = 3.0) -> None:
-    """Kill until nothing carrying ``tag`` is left (a dying PID namespace takes a moment)."""
+    """Kill until nothing carrying ``tag`` is left (a dying PID namespace takes a moment).
+
+    The /proc scan reads every host process's environ, so it runs off the event loop.
+    """
     for _ in range(max(1, int(deadline_s / 0.01))):
-        if not _sweep(tag):
+        if not await asyncio.to_thread(_sweep, tag):
             return
         await asyncio.sleep(0.01)
 
@@ -567,7 +570,6 @@ async def _run(code: str, limits: SandboxLimits, stdin: str, iso: Isolation, aud
         finally:
             over_wait.cancel()
             _kill_group(proc.pid)
-            _sweep(tag.encode())
         rc = None
         with contextlib.suppress(asyncio.TimeoutError):
             rc = await asyncio.wait_for(asyncio.shield(waiter), 2.0)
