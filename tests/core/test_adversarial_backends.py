@@ -246,14 +246,12 @@ def test_seeded_storm_exits_0_with_answer_when_any_call_succeeded(capsys, server
                                               retry_after=0.01, stall=0.05))
     rc, data, err = run_cli(capsys, srv.base_url, "--n", "6", "--max-tokens", "16", "--budget", "tokens=20000")
     served = srv.served
-    if served.ok:
-        assert rc == 0, err
-        assert data["answer"] is not None
-        assert data["stopped_reason"] in ("errors", "done")
-        assert data["usage"]["output_tokens"] == served.completion_tokens
-        assert data["usage"]["errors"] >= 0
-    else:
-        assert rc == 1
+    assert served.ok > 0  # the schedule is seeded: these seeds let calls through
+    assert rc == 0, err
+    assert data["answer"] is not None
+    assert data["stopped_reason"] in ("errors", "done")
+    assert data["usage"]["output_tokens"] == served.completion_tokens
+    assert data["usage"]["calls"] == served.requests  # every request sent, faulted or not
 
 
 def test_all_calls_failing_exits_1_without_json(capsys, server_factory) -> None:
@@ -270,15 +268,18 @@ def test_calls_limit_1_with_n_8_sends_at_most_one_request(capsys, server_factory
     srv = server_factory()
     rc, data, err = run_cli(capsys, srv.base_url, "--budget", "calls=1", "--n", "8", "--max-tokens", "16")
     assert rc == 0, err
-    assert srv.served.requests <= 1
-    assert data["usage"]["calls"] == srv.served.requests
+    assert srv.served.requests == 1
+    assert data["usage"]["calls"] == 1
 
 
 def test_calls_limit_counts_retried_requests_too(capsys, server_factory) -> None:
     # The first two requests are refused with 429 and retried: `calls` counts requests sent.
     srv = server_factory(faults=lambda i, body: "429" if i < 2 else None, retry_after=0.01)
     rc, data, err = run_cli(capsys, srv.base_url, "--budget", "calls=2", "--n", "8", "--max-tokens", "16")
-    assert srv.served.requests <= 2, f"calls=2 but the server received {srv.served.requests} requests"
+    assert srv.served.requests == 2, f"calls=2 but the server received {srv.served.requests} requests"
+    assert rc == 0, err
+    assert data["usage"]["calls"] == 2  # both refused requests count
+    assert data["stopped_reason"] == "budget_exhausted"
 
 
 # -------------------------------------------------------------- unpriced usd

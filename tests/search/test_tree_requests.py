@@ -231,7 +231,7 @@ async def test_mcts_traces_visits_q_and_prior_of_every_node() -> None:
         if n == 0:
             continue
         traced = last[n]
-        assert isinstance(traced["score"], float) and traced["prior"] == attrs["prior"]
+        assert traced["score"] == pytest.approx(attrs["score"]) and traced["prior"] == attrs["prior"]
         if attrs["visits"]:
             assert traced["visits"] == attrs["visits"]
             assert traced["q"] == attrs["value"] / attrs["visits"]
