@@ -35,7 +35,7 @@ from unittest import mock
 
 from testtime.budget import DIMENSIONS, Budget, BudgetLedger, Usage
 from testtime.context import RunContext
-from testtime.errors import BudgetOverdrawn, SearchStop
+from testtime.errors import SearchStop
 from testtime.models import retry
 from testtime.models.base import GenerationRequest, Model
 from testtime.models.prices import Price
@@ -48,6 +48,7 @@ from testtime.testing.adversarial import (
     HonestModel,
     NoUsage,
     OverReporting,
+    watch_overdraw,
 )
 from testtime.testing.loopback import MISBEHAVIOURS, LoopbackOpenAIServer, misbehaving_server
 
@@ -97,22 +98,6 @@ def _server(kind: str, seed: int) -> LoopbackOpenAIServer:
     return misbehaving_server(kind, reply=REPLY, seed=seed)
 
 
-def _watch(ledger: BudgetLedger, seen: dict[str, int]) -> None:
-    original = ledger.reserve
-
-    def reserve(amount: Any, **kw: Any) -> Any:
-        was = ledger.is_overdrawn()
-        try:
-            res = original(amount, **kw)
-        except BudgetOverdrawn:
-            seen["refused_after"] += 1
-            raise
-        seen["admitted_after"] += was
-        return res
-
-    ledger.reserve = reserve  # type: ignore[method-assign]
-
-
 async def _drive(ctx: RunContext, model: Model, concurrency: int, rng: random.Random, cancel_rate: float) -> None:
     """CALLS_PER_SLOT x concurrency calls, at most ``concurrency`` in flight (so later calls
     start after earlier ones settled, and an overdraw has later calls to refuse)."""
@@ -147,8 +132,8 @@ def _account(obs: Observed, ledger: BudgetLedger, seen: dict[str, int], billed_t
         if over > (1e-12 if dim == "usd" else 0) and over > obs.overspend.get(dim, 0.0):
             obs.overspend[dim] = over
     obs.overdrawn_runs += bool(ledger.overdrawn)
-    obs.refused_after += seen["refused_after"]
-    obs.admitted_after += seen["admitted_after"]
+    obs.refused_after += seen["refused_overdrawn"]
+    obs.admitted_after += seen["admitted_after_overdraw"]
     obs.leaked += ledger.open_reservations()
     tokens = ledger.usage.tokens
     obs.under = max(obs.under, billed_tokens - tokens)
@@ -162,8 +147,7 @@ def fake_rows(runs: int, concurrency: int) -> dict[str, Observed]:
         for seed in range(runs):
             model = _fake(kind, seed)
             ledger = BudgetLedger(BUDGET)
-            seen = {"refused_after": 0, "admitted_after": 0}
-            _watch(ledger, seen)
+            seen = watch_overdraw(ledger)
             ctx = RunContext(model=model, ledger=ledger)
             asyncio.run(_drive(ctx, model, concurrency, random.Random(seed), 0.1))
             _account(obs, ledger, seen, model.log.billed.tokens)
@@ -188,8 +172,7 @@ def http_rows(runs: int, concurrency: int) -> dict[str, Observed]:
                     model = load_model("openai:loopback", base_url=srv.base_url, api_key="bench-key-not-real",
                                        price=Price(input=1.0, output=3.0))
                     ledger = BudgetLedger(BUDGET)
-                    seen = {"refused_after": 0, "admitted_after": 0}
-                    _watch(ledger, seen)
+                    seen = watch_overdraw(ledger)
                     ctx = RunContext(model=model, ledger=ledger)
 
                     async def main(ctx: RunContext = ctx, model: Model = model, seed: int = seed) -> None:

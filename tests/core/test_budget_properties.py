@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from testtime.budget import DIMENSIONS, Budget, BudgetLedger
 from testtime.context import RunContext
-from testtime.errors import BudgetOverdrawn, SearchStop
+from testtime.errors import SearchStop
 from testtime.models import retry
 from testtime.models.base import GenerationRequest
 from testtime.testing.adversarial import (
@@ -41,6 +41,7 @@ from testtime.testing.adversarial import (
     NoUsage,
     OverReporting,
     Slow,
+    watch_overdraw,
 )
 from testtime.testing.loopback import MISBEHAVIOURS, LoopbackOpenAIServer, misbehaving_server
 
@@ -81,26 +82,6 @@ def _make(kind: str, seed: int, rng: random.Random) -> AdversarialModel:
     if kind == "error-storm":
         return ErrorStorm(reply, p408=0.1, p429=0.2, p500=0.2, ptimeout=0.1, seed=seed, **common)
     raise AssertionError(kind)
-
-
-def _watch_reservations(ledger: BudgetLedger) -> dict[str, int]:
-    """Count reservations admitted while the ledger chain was already overdrawn (must stay 0)."""
-    seen = {"admitted_after_overdraw": 0, "refused_overdrawn": 0}
-    original = ledger.reserve
-
-    def reserve(amount: Any, **kw: Any) -> Any:
-        was_overdrawn = ledger.is_overdrawn()
-        try:
-            res = original(amount, **kw)
-        except BudgetOverdrawn:
-            seen["refused_overdrawn"] += 1
-            raise
-        if was_overdrawn:
-            seen["admitted_after_overdraw"] += 1
-        return res
-
-    ledger.reserve = reserve  # type: ignore[method-assign]
-    return seen
 
 
 def _check_invariant(root: BudgetLedger, ledger: BudgetLedger, seen: dict[str, int], *,
@@ -167,7 +148,7 @@ def test_adversarial_fakes_never_overspend_leak_or_undercount(lim, kinds, n_call
     models = [_make(k, seed + i, rng) for i, k in enumerate(sorted(kinds))]
     root = BudgetLedger(Budget(**lim))
     ledger = root.share(0.7, name="stage") if use_child and not root.budget.is_unlimited() else root
-    seen = _watch_reservations(ledger)
+    seen = watch_overdraw(ledger)
     ctx = RunContext(model=models[0], ledger=ledger)
 
     results = asyncio.run(_drive(ctx, models, n_calls, rng, cancel_rate))
@@ -218,7 +199,7 @@ def test_loopback_http_adversarial_modes_never_overspend_or_leak(lim, mode, seed
         model = load_model("openai:loopback", base_url=srv.base_url, api_key="test-key-not-real",
                            native_n=native_n, max_retries=2)
         root = BudgetLedger(Budget(**lim))
-        seen = _watch_reservations(root)
+        seen = watch_overdraw(root)
         ctx = RunContext(model=model, ledger=root)
 
         async def main() -> None:
@@ -278,7 +259,7 @@ def test_solve_detect_verify_and_plan_and_budget_never_overspend_or_leak(lim, ki
                               m.reply + " The answer is 41."])
     root = BudgetLedger(Budget(**lim))
     ledger = root.share(0.7, name="stage") if use_child and not root.budget.is_unlimited() else root
-    seen = _watch_reservations(ledger)
+    seen = watch_overdraw(ledger)
     ctx = RunContext(model=models[0], ledger=ledger, max_tokens=48,
                      verifier=ScriptedVerifier(reference=True, tokens_per_call=rng.choice([0, 5])))
     problem = Problem(question="What is 40 + 2?", answer="42")

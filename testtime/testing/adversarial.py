@@ -33,9 +33,10 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from testtime.budget import Usage
-from testtime.errors import ModelAPIError
+from testtime.errors import BudgetOverdrawn, ModelAPIError
 from testtime.models.base import (
     Capabilities,
     Generation,
@@ -352,3 +353,28 @@ class Slow(AdversarialModel):
 KINDS: dict[str, type[AdversarialModel]] = {
     cls.kind: cls for cls in (HonestModel, OverReporting, NoUsage, FewerChoices, CutStream, ErrorStorm, Slow)
 }
+
+
+def watch_overdraw(ledger: Any) -> dict[str, int]:
+    """Wrap ``ledger.reserve`` to count what happens once the chain is overdrawn.
+
+    Returns a live dict: ``admitted_after_overdraw`` (reservations admitted
+    while the chain was already overdrawn: must stay 0) and
+    ``refused_overdrawn`` (reservations refused for it).
+    """
+    seen = {"admitted_after_overdraw": 0, "refused_overdrawn": 0}
+    original = ledger.reserve
+
+    def reserve(amount: Any, **kw: Any) -> Any:
+        was_overdrawn = ledger.is_overdrawn()
+        try:
+            res = original(amount, **kw)
+        except BudgetOverdrawn:
+            seen["refused_overdrawn"] += 1
+            raise
+        if was_overdrawn:
+            seen["admitted_after_overdraw"] += 1
+        return res
+
+    ledger.reserve = reserve
+    return seen

@@ -533,8 +533,8 @@ def check_event(e: dict[str, Any]) -> str | None:
 
     ``trace show`` skips such events (a hand-edited or foreign trace) instead
     of failing on them. Only what :class:`TraceTree` and the budget lines
-    cannot take is checked here; odd numbers (a usage count that is a string,
-    ``inf``) count as 0 where they are added up.
+    cannot take is checked here, and a usage count that is not a number (the
+    line is skipped and counted, so the user sees the trace is damaged).
     """
     kind = e.get("kind")
     if kind in ("node_added", "node_pruned", "node_selected", "node_scored"):
@@ -547,8 +547,12 @@ def check_event(e: dict[str, Any]) -> str | None:
     if "role" in e and not isinstance(e["role"], str):
         return "'role' is not a string"
     usage = e.get("usage")
-    if usage is not None and not isinstance(usage, dict):
-        return "'usage' is not an object"
+    if usage is not None:
+        if not isinstance(usage, dict):
+            return "'usage' is not an object"
+        if any(k in usage and not _real(usage[k])
+               for k in ("calls", "input_tokens", "output_tokens", "usd", "reasoning_tokens")):
+            return "'usage' has a non-numeric count"
     for key in ("params", "budget"):
         value = e.get(key)
         if value is not None and not isinstance(value, dict):
