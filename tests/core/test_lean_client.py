@@ -54,19 +54,22 @@ def test_run_over_an_openai_compatible_server_never_imports_the_openai_sdk() -> 
     assert served.requests == 8 and result["usage"]["calls"] == 8
 
 
-async def test_one_client_per_model_with_a_pool_sized_for_its_concurrency() -> None:
+async def test_one_client_per_model_keeps_as_many_connections_alive_as_its_concurrency() -> None:
     with LoopbackOpenAIServer(reply="The answer is 4.", latency=0.05) as srv:
-        model = load_model("openai:fake", base_url=srv.base_url, max_concurrency=16)
+        # No startup probe: it is one more (sync) connection of its own.
+        model = load_model("openai:fake", base_url=srv.base_url, max_concurrency=16, probe=False)
         ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=100_000)), tracer=Tracer(), max_tokens=8)
         try:
-            result = await testtime.arun("What is 2+2?", strategy="self_consistency", n=16, context=ctx)
+            results = [await testtime.arun("What is 2+2?", strategy="self_consistency", n=16, context=ctx)
+                       for _ in range(3)]
             clients = list(model._clients)
-            pools = clients[0]._pools
-            limits = sum(p._transport._pool._max_connections for p in pools)
         finally:
             await model.aclose()
-    assert result.answer == "4" and len(result.candidates) == 16
-    assert len(clients) == 1 and limits == 16
+        served, connections = srv.served.requests, srv.connections
+    assert all(r.answer == "4" and len(r.candidates) == 16 for r in results)
+    assert len(clients) == 1 and clients[0].max_connections == 16 and not clients[0].via_proxy
+    # 48 streamed requests in three waves of 16 over the same 16 kept-alive connections.
+    assert served == 48 and connections == 16
 
 
 @pytest.mark.parametrize("status", ["429", "500"])

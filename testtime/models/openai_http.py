@@ -17,6 +17,7 @@ own timeouts and connection errors pass through and are mapped as before.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator
@@ -69,27 +70,39 @@ class APIStatusError(APIError):
 class LeanClient:
     """The connections of one model to one OpenAI-compatible base URL.
 
-    ``shards`` httpx pools share the connection budget round-robin: httpcore
-    matches every queued request against every pooled connection, so one
-    pool of N connections costs O(N^2) CPU for N concurrent requests
-    (bench/overhead.py: 100 requests to a 100 ms server took 3.7x one call
-    through one pool). The pools share one TLS context (loading the CA
-    bundle is the expensive part of a client).
+    Requests go over :class:`testtime.models.http11.Http11Pool` (asyncio +
+    h11, about 0.1 ms of CPU a request against httpx's 1 ms; see that
+    module). When the environment names a proxy for the URL
+    (``HTTPS_PROXY``, ``ALL_PROXY``, minus ``NO_PROXY``), they go through
+    httpx instead, which speaks proxies; ``shards`` httpx pools then share
+    the connections round-robin, because one httpcore pool of N
+    connections costs O(N^2) CPU for N concurrent requests.
     """
 
     def __init__(self, base_url: str, api_key: str, *, connect: float, read: float, write: float,
                  max_connections: int, shards: int | None = None) -> None:
-        import httpx
+        from testtime.models.http11 import Http11Pool, proxy_for
 
-        if shards is None:
-            shards = max(1, min(8, max_connections // 8))
-        per = max(1, -(-max_connections // shards))
         verify = tls_verify(base_url)
         headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         # As the SDK does: the organization and project a key belongs to, from the environment.
         for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
             if os.environ.get(env):
                 headers[header] = os.environ[env]
+        self.max_connections = max_connections
+        self.via_proxy = proxy_for(base_url) is not None
+        self._pool: Any = None
+        self._pools: list[Any] = []
+        self._next = 0
+        if not self.via_proxy:
+            self._pool = Http11Pool(base_url, headers, connect=connect, read=read, write=write,
+                                    max_idle=max_connections, tls=verify or None)
+            return
+        import httpx
+
+        if shards is None:
+            shards = max(1, min(8, max_connections // 8))
+        per = max(1, -(-max_connections // shards))
         self._pools = [
             httpx.AsyncClient(
                 base_url=base_url.rstrip("/") + "/",
@@ -100,7 +113,6 @@ class LeanClient:
             )
             for _ in range(shards)
         ]
-        self._next = 0
 
     @property
     def _http(self) -> Any:
@@ -116,46 +128,88 @@ class LeanClient:
 
     async def post(self, path: str, body: dict[str, Any]) -> Obj:
         """One plain request; the parsed reply."""
-        resp = await self._http.post(path, content=json.dumps(body))
+        data = json.dumps(body).encode()
+        if self._pool is not None:
+            resp: Any = await self._pool.post(path, data)
+        else:
+            resp = await self._http.post(path, content=data)
+        text = resp.text
         if resp.status_code >= 400:
-            raise _status_error(resp, resp.text)
+            raise _status_error(resp, text)
         try:
-            data = resp.json()
+            parsed = json.loads(text, object_hook=Obj)
         except ValueError as exc:
-            raise APIError(f"the server sent a reply that is not JSON: {resp.text[:200]!r}") from exc
-        if isinstance(data, dict) and data.get("error") and not data.get("choices"):
-            raise _status_error(resp, resp.text)
-        return _wrap(data)
+            raise APIError(f"the server sent a reply that is not JSON: {text[:200]!r}") from exc
+        if isinstance(parsed, dict) and parsed.get("error") and not parsed.get("choices"):
+            raise _status_error(resp, text)
+        return parsed
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[Obj]:
         """Server-sent events of one streamed request, each parsed; closing stops the request."""
-        http = self._http  # one pool for the whole request
-        resp = await http.send(http.build_request("POST", path, content=json.dumps(body)), stream=True)
+        data = json.dumps(body).encode()
+        resp: Any = None
+        if self._pool is not None:
+            status, headers, lines = await self._pool.stream_lines(path, data)
+        else:
+            http = self._http  # one pool for the whole request
+            resp = await http.send(http.build_request("POST", path, content=data), stream=True)
+            status, headers, lines = resp.status_code, resp.headers, resp.aiter_lines()
         try:
-            if resp.status_code >= 400:
-                text = (await resp.aread()).decode("utf-8", "replace")
-                raise _status_error(resp, text)
-            async for line in resp.aiter_lines():
+            if status >= 400:
+                text = "\n".join([line async for line in lines])
+                raise _status_error(_ErrorReply(status, headers), text)
+            async for line in lines:
                 if not line.startswith("data:"):
                     continue  # comments, event names, blank separators
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    await _read_to_end(lines)
+                    return
                 try:
-                    event = json.loads(data)
+                    event = json.loads(payload, object_hook=Obj)
                 except ValueError:
                     continue  # a keep-alive or a malformed line: the end check catches a real cut
                 if isinstance(event, dict) and event.get("error"):
                     err = event["error"]
                     message = err.get("message") if isinstance(err, dict) else str(err)
                     raise APIError(str(message or "error"), body=err)
-                yield _wrap(event)
+                yield event
         finally:
-            await resp.aclose()
+            await lines.aclose()
+            if resp is not None:
+                await resp.aclose()
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         for pool in self._pools:
             await pool.aclose()
+
+
+# How long to wait, after [DONE], for a stream's end: reading it gives the
+# connection back for the next request (a reply closed unread drops its
+# connection: 100 requests then took 3x one call); a server that sends
+# [DONE] and keeps the stream open loses only its connection.
+_END_GRACE_S = 1.0
+
+
+async def _read_to_end(lines: Any) -> None:
+    import httpx
+
+    try:
+        async with asyncio.timeout(_END_GRACE_S):
+            async for _ in lines:
+                pass
+    except (TimeoutError, httpx.HTTPError, OSError):
+        pass  # the reply is complete; only the connection is lost
+
+
+class _ErrorReply:
+    """Status and headers of an error reply (what ``translate_error`` reads: ``Retry-After``)."""
+
+    def __init__(self, status_code: int, headers: Any) -> None:
+        self.status_code = status_code
+        self.headers = headers
 
 
 _TLS: Any = None

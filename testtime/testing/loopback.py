@@ -148,6 +148,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 1024
     daemon_threads = True
     block_on_close = False
+    connections = 0  # TCP connections accepted (kept-alive ones count once)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections += 1  # the serving thread only: no lock needed
+        super().process_request(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that drops its connection (cancelled, cut, timed out) is
@@ -200,6 +205,11 @@ class LoopbackHTTP:
     @property
     def port(self) -> int:
         return int(self._httpd.server_address[1])
+
+    @property
+    def connections(self) -> int:
+        """TCP connections accepted so far (a kept-alive connection counts once)."""
+        return int(self._httpd.connections)
 
     def close(self) -> None:
         self._httpd.shutdown()
