@@ -3,6 +3,7 @@ against a fake ``vllm`` module injected into sys.modules. Real vLLM is not exerc
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import types
 from types import SimpleNamespace
@@ -27,15 +28,38 @@ class FakeTokenizer:
         return "".join(chr(i) for i in ids)
 
 
+# Keyword names of vLLM's SamplingParams and (a subset of) AsyncEngineArgs, as in
+# vLLM 0.8-0.11: the fake refuses any other, so a misspelt or invented one fails here.
+VLLM_SAMPLING_FIELDS = {
+    "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p",
+    "top_k", "min_p", "seed", "stop", "stop_token_ids", "bad_words", "ignore_eos", "max_tokens", "min_tokens",
+    "logprobs", "prompt_logprobs", "detokenize", "skip_special_tokens", "spaces_between_special_tokens",
+    "logits_processors", "include_stop_str_in_output", "truncate_prompt_tokens", "output_kind",
+    "guided_decoding", "logit_bias", "allowed_token_ids", "extra_args",
+}
+VLLM_ENGINE_FIELDS = {
+    "model", "tokenizer", "enable_prefix_caching", "max_model_len", "gpu_memory_utilization", "dtype",
+    "tensor_parallel_size", "seed", "quantization", "enforce_eager", "max_num_seqs", "trust_remote_code",
+    "download_dir", "kv_cache_dtype", "swap_space", "disable_log_stats",
+}
+
+
 def fake_vllm(outputs: list[Any], seen: dict[str, Any]) -> types.ModuleType:
     mod = types.ModuleType("vllm")
 
     class SamplingParams:
         def __init__(self, **kw: Any) -> None:
+            # As vLLM's own class does, a keyword it does not know is a TypeError.
+            unknown = set(kw) - VLLM_SAMPLING_FIELDS
+            if unknown:
+                raise TypeError(f"SamplingParams got unexpected keyword arguments {sorted(unknown)}")
             seen["sampling"] = kw
 
     class AsyncEngineArgs:
         def __init__(self, **kw: Any) -> None:
+            unknown = set(kw) - VLLM_ENGINE_FIELDS
+            if unknown:
+                raise TypeError(f"AsyncEngineArgs got unexpected keyword arguments {sorted(unknown)}")
             seen["engine_args"] = kw
 
     class AsyncLLMEngine:
@@ -111,3 +135,13 @@ async def test_request_and_response_mapping(monkeypatch: pytest.MonkeyPatch) -> 
 
     await model.generate(req.with_(logprobs=False))
     assert seen["engines"] == 1  # the engine is built once
+
+
+def test_an_engine_argument_vllm_does_not_know_fails_at_the_engine_not_silently(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm([], seen))
+    model = load_model("vllm:tiny", engine_args={"max_modle_len": 4096})  # misspelt
+    with pytest.raises(Exception, match="max_modle_len"):
+        asyncio.run(model.generate(GenerationRequest(prompt="hi", max_tokens=2)))
+    assert "engine_args" not in seen

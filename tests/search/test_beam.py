@@ -15,8 +15,8 @@ from testtime.context import RunContext
 from testtime.errors import UserError
 from testtime.models.base import GenerationRequest
 from testtime.models.scripted import FunctionModel
-from testtime.search.base import Problem, split_steps
-from testtime.search.beam import BeamSearch
+from testtime.search.base import Problem, SearchTree, split_steps
+from testtime.search.beam import Beam, BeamSearch
 from testtime.sim.suites import get_suite
 from testtime.verifiers.scripted import ScriptedPRM
 
@@ -102,3 +102,24 @@ async def test_on_the_simulator_a_calibrated_prm_helps() -> None:
         r = await BeamSearch().search(p, s.context(Budget(tokens=8000), seed=i))
         ok += r.answer == p.answer
     assert ok >= 8  # a single sample solves about half of them
+
+
+
+async def test_a_forced_finish_adds_exactly_the_completed_rest_as_one_terminal_node() -> None:
+    # A beam cut short by the budget is completed in one full-solution
+    # request; only that request's text (not a re-split of the whole
+    # solution) becomes the forced node, with that request's tokens. The
+    # first kept step holds the delimiter (a server that ignores ``stop``).
+    rest = "add three\n\nand four\n\nThe answer is 7."
+    ctx = RunContext(model=FunctionModel(lambda req: "\n\n" + rest), ledger=BudgetLedger(Budget(tokens=10_000)),
+                     rng=random.Random(0), seed=0, max_tokens=64)
+    tree = SearchTree(ctx, delimiter="\n\n")
+    one = tree.add(0, "step one\n\nstill step one", tokens=5)
+    two = tree.add(one, "step two", tokens=3)
+    beam = Beam(node=two, steps=["step one\n\nstill step one", "step two"], score=0.8)
+    forced = await BeamSearch(beam_width=1)._force_finish(PROBLEM, ctx, tree, beam, None)
+    assert forced is not None and forced.terminal
+    assert forced.steps == ["step one\n\nstill step one", "step two", *rest.split("\n\n")]
+    node = tree[forced.node]
+    assert node["text"] == rest and node["forced"] and node["parent"] == two
+    assert forced.tokens == node["tokens"] == ctx.ledger.usage.output_tokens

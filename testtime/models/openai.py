@@ -267,6 +267,7 @@ class OpenAIModel(Model):
         #: Rendered prompt (hash) -> the most prompt_tokens the server reported for it:
         #: the exact input bound of later identical requests (self-consistency repeats one).
         self._prompt_seen: dict[str, int] = {}
+        self._key_memo: dict[tuple[int, int, str], tuple[GenerationRequest, str]] = {}
 
     def __repr__(self) -> str:  # never show the key
         from testtime.trace.events import redact_url  # nor a password in the URL
@@ -301,11 +302,24 @@ class OpenAIModel(Model):
 
     def _prompt_key(self, request: GenerationRequest, n: int) -> str:
         """A hash of what one request sends as its prompt (messages or rendered text,
-        prefix mode, model, n): equal keys are billed the same prompt tokens."""
+        prefix mode, model, n): equal keys are billed the same prompt tokens.
+
+        Kept for the last requests seen, by identity: the spend path asks
+        for one request's bound several times (fit, reserve, settle), and
+        building its body to hash it each time was most of that cost.
+        """
+        memo = self._key_memo.get((id(request), n, self.prefix_mode))
+        if memo is not None and memo[0] is request:
+            return memo[1]
         completions, kw = self._request_args(request, n)
         fields = [self.name, self.prefix_mode, completions, n, kw.get("messages"), kw.get("prompt"),
                   kw.get("extra_body")]
-        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+        if len(self._key_memo) >= 256:
+            self._key_memo.clear()
+        # The request itself is kept with its key, so its id cannot be reused meanwhile.
+        self._key_memo[(id(request), n, self.prefix_mode)] = (request, key)
+        return key
 
     def _remember_prompt(self, request: GenerationRequest, n: int, usage: Usage | None) -> None:
         """Keep the server-reported prompt tokens of one request (never lowering a kept count)."""

@@ -52,6 +52,7 @@ from testtime.search.base import (
 from testtime.search.stepwise import (
     affordable_count,
     complete,
+    completion_request,
     diff_usage,
     prefix_cache_report,
     require_prm,
@@ -332,7 +333,11 @@ class BeamSearch(SearchStrategy):
         done = await complete(problem, ctx, tree, beam.node)
         if done is None:
             return None
-        rest = split_steps(done.text, ctx.step_delimiter)[len(beam.steps):]
+        # Only the generated continuation becomes new steps: re-splitting the
+        # whole text would misalign when a kept step holds the delimiter.
+        prefix = completion_request(problem, ctx, tree, beam.node).prefix
+        continuation = done.text[len(prefix):] if done.text.startswith(prefix) else done.text
+        rest = split_steps(continuation, ctx.step_delimiter)
         if not rest:
             return None
         tokens = done.tokens - sum(tree[n]["tokens"] for n in tree.path(beam.node))

@@ -250,7 +250,7 @@ class ParticleFilter(SearchStrategy):
             fresh = []
             if self.group_requests:
                 _, kids_of, refused = await expand_groups(problem, ctx, tree, dict(groups),
-                                                          max_steps=self.max_steps)
+                                                          max_steps=self.max_steps, requests=requests)
                 for i in active:
                     kids = kids_of.get(slots[i])
                     if kids:

@@ -124,6 +124,7 @@ def add_step_nodes(tree: SearchTree, parent: int, gens: Sequence[Generation], *,
 async def expand_groups(problem: Problem, ctx: RunContext, tree: SearchTree, groups: dict[int, int], *,
                         max_steps: int | None = None, max_tokens: int | None = None,
                         role: str = "solve", dedupe: bool = True,
+                        requests: list[GenerationRequest] | None = None,
                         ) -> tuple[dict[int, list[Generation]], dict[int, list[int]], bool]:
     """Sample ``k`` next steps for each ``node: k`` of ``groups``: one request with ``n=k`` per node.
 
@@ -137,11 +138,16 @@ async def expand_groups(problem: Problem, ctx: RunContext, tree: SearchTree, gro
     Returns the generations and the child ids per node (aligned; with
     ``dedupe`` identical steps share a child), and whether a request was
     refused. With ``max_tokens`` the steps are short look-ahead probes and
-    are not added to the tree (the ids map is empty).
+    are not added to the tree (the ids map is empty). ``requests``, when the
+    caller already built them (to check the round fits), are those of the
+    nodes with ``k > 0`` in ``groups``' order.
     """
     nodes = [n for n, k in groups.items() if k > 0]
-    requests = [step_request(problem, ctx, tree.steps(n), n=groups[n], max_tokens=max_tokens)
-                for n in nodes]
+    if requests is None:
+        requests = [step_request(problem, ctx, tree.steps(n), n=groups[n], max_tokens=max_tokens)
+                    for n in nodes]
+    elif len(requests) != len(nodes):
+        raise ValueError(f"{len(requests)} requests for {len(nodes)} nodes")
     results, refused = await run_waves(ctx, requests, role=role)
     gens_of: dict[int, list[Generation]] = {}
     kids_of: dict[int, list[int]] = {}
@@ -236,7 +242,8 @@ async def complete(problem: Problem, ctx: RunContext, tree: SearchTree, node: in
                    max_tokens: int | None = None, role: str = "solve") -> Candidate | None:
     """Finish the partial solution at ``node`` in one call (shortened to fit).
 
-    Returns the completed candidate (``data["completed_from"] = node``) or
+    Returns the completed candidate (``data["completed_from"] = node``; its
+    text is :func:`completion_request`'s prefix + the generated rest) or
     None when the budget cannot pay for even a short completion.
     """
     request = fit_request(ctx, completion_request(problem, ctx, tree, node, max_tokens))
