@@ -58,9 +58,18 @@ async def full_stack(model: Model, n: int, batch: int) -> float:
 
 
 def overhead_rows(reps: int) -> list[tuple[str, float, float, float]]:
+    """(workload, bare samples/s, stack samples/s, stack / bare) per batch size, medians of ``reps``.
+
+    One untimed run of each first: a process's first run is up to twice as
+    slow (cold caches, first allocations) and with ``--quick`` would be half
+    the median.
+    """
     rows = []
     n = 2000
     for batch in (1, 8):
+        warm = ScriptedModel(["The answer is 4."])
+        asyncio.run(bare_gather(warm, n, batch))
+        asyncio.run(full_stack(warm, n, batch))
         bare, stack = [], []
         for _ in range(reps):
             model = ScriptedModel(["The answer is 4."])

@@ -236,7 +236,7 @@ class Usage:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cached_tokens": self.cached_tokens,
-            "tokens": self.tokens,
+            "tokens": self.input_tokens + self.output_tokens,  # .tokens, without the property call
             "calls": self.calls,
             "usd": round(self.usd, 10),
             "reasoning_tokens": self.reasoning_tokens,
@@ -274,6 +274,14 @@ class Reservation:
 
 _INDEX = {dim: i for i, dim in enumerate(DIMENSIONS)}
 _NDIM = len(DIMENSIONS)
+_USD = _INDEX["usd"]
+_INPUT, _OUTPUT, _CALLS = _INDEX["input_tokens"], _INDEX["output_tokens"], _INDEX["calls"]
+#: A ledger's spent slots: the budget dimensions, then cached and reasoning tokens.
+_CACHED, _REASONING = _NDIM, _NDIM + 1
+_SPENT_SLOTS = _NDIM + 2
+_INF = float("inf")
+_add = operator.add
+_sub = operator.sub
 # Dimensions a settle is compared on (seconds is wall time, not a settle).
 _SETTLE_DIMS = tuple((i, d) for i, d in enumerate(DIMENSIONS) if d != "seconds")
 
@@ -312,14 +320,21 @@ class BudgetLedger:
         self._clock = clock
         self._start = clock()
         self._lock = threading.RLock() if parent is None else parent._lock
-        # Spent and reserved per dimension, indexed like DIMENSIONS.
-        self._spent = [0.0] * _NDIM
+        # This ledger and its ancestors, nearest first: fixed at creation (a
+        # ledger's parent never changes), so the hot path does not rebuild it.
+        self._chain_t: tuple[BudgetLedger, ...] = (self,) + (parent._chain_t if parent is not None else ())
+        self._root = self._chain_t[-1]
+        # Whether any ledger in the chain limits wall time (remaining("seconds") is asked per call).
+        self._timed = any(node.budget.seconds is not None for node in self._chain_t)
+        # Spent per dimension, indexed like DIMENSIONS, then the settled cached and
+        # reasoning tokens (_SPENT_SLOTS floats: one add per settle records it all;
+        # adding dataclasses on every settle is measurable on the hot path).
+        self._spent = [0.0] * _SPENT_SLOTS
+        # Reserved per dimension, indexed like DIMENSIONS.
         self._reserved = [0.0] * _NDIM
-        # Settled usage as plain floats [input, output, cached, calls, usd, reasoning]:
-        # adding dataclasses on every settle is measurable on the hot path.
-        self._acc = [0.0] * 6
+        # The same spent slots per role.
         self._role_acc: dict[str, list[float]] = {}
-        self._open: dict[int, Reservation] = {}
+        self._open = 0  # reservations opened here and not yet settled or released
         self._next_id = 0
         self._seconds_offset = 0.0
         self._in_flight = 0  # open reservations here and in every descendant
@@ -337,7 +352,7 @@ class BudgetLedger:
     def usage(self) -> Usage:
         """Actual usage settled so far in this ledger (children included)."""
         with self._lock:
-            return _usage_of(self._acc)
+            return _usage_of(self._spent)
 
     def usage_by_role(self) -> dict[str, Usage]:
         with self._lock:
@@ -360,25 +375,25 @@ class BudgetLedger:
 
     def remaining(self, dimension: str) -> float:
         """Room left on a dimension here and in every ancestor (inf if unlimited)."""
+        if dimension == "seconds" and not self._timed:
+            return _INF  # asked on every call: no ledger in the chain limits time
         with self._lock:
-            room = float("inf")
-            node: BudgetLedger | None = self
-            while node is not None:
+            room = _INF
+            for node in self._chain_t:
                 lim = node.limit(dimension)
                 if lim is not None:
                     used = node.spent(dimension) + node.reserved(dimension)
                     room = min(room, lim - used)
-                node = node.parent
             return max(room, 0.0)
 
     def open_reservations(self) -> int:
         """Reservations opened on this ledger itself and not yet settled or released."""
         with self._lock:
-            return len(self._open)
+            return self._open
 
     def in_flight(self) -> int:
         """Open reservations anywhere in the run (the root and all its descendants)."""
-        return self.root()._in_flight
+        return self._root._in_flight
 
     def is_overdrawn(self) -> bool:
         """True when this ledger or an ancestor has been overdrawn."""
@@ -430,21 +445,22 @@ class BudgetLedger:
                 or the time budget is already used up.
         """
         with self._lock:
-            chain = self._chain()
+            chain = self._chain_t
             for node in chain:
                 if node.overdrawn:
                     node.refusals += 1
                     raise BudgetOverdrawn(node.name, node.overdrawn)
             amounts = amount.amounts()
             for node in chain:
-                node._check(amount, amounts=amounts)
+                if node._limits:  # an unlimited ledger has nothing to check
+                    node._check(amount, amounts=amounts)
             for node in chain:
                 reserved = node._reserved
-                reserved[:] = [r + a for r, a in zip(reserved, amounts, strict=True)]
+                reserved[:] = map(_add, reserved, amounts)
                 node._in_flight += 1
             self._next_id += 1
-            res = Reservation(ledger=self, amount=amount, role=role, id=self._next_id, amounts=amounts)
-            self._open[res.id] = res
+            res = Reservation(self, amount, role, self._next_id, False, amounts)
+            self._open += 1
             return res
 
     @contextmanager
@@ -468,7 +484,7 @@ class BudgetLedger:
         with self._lock:
             amounts = amount.amounts()
             try:
-                for node in self._chain():
+                for node in self._chain_t:
                     if node.overdrawn:
                         return False
                     node._check(amount, count=False, amounts=amounts)
@@ -505,7 +521,7 @@ class BudgetLedger:
         a = amount.amounts()
         base = plus.amounts() if plus is not None else (0.0,) * _NDIM
         with self._lock:
-            for node in self._chain():
+            for node in self._chain_t:
                 if node.overdrawn:
                     return 0
                 for i, dim, lim in node._limits:
@@ -539,9 +555,9 @@ class BudgetLedger:
         it would understate what was paid. It reaches every ancestor.
         """
         with self._lock:
-            used = actual.amounts()
-            for node in self._chain():
-                node._record(used, actual, role)
+            used = _spent_vector(actual)
+            for node in self._chain_t:
+                node._record(used, role)
 
     def restore(self, spent: Usage, seconds: float = 0.0) -> None:
         """Load spend from a checkpoint so a resumed run keeps the same total.
@@ -550,11 +566,9 @@ class BudgetLedger:
         ``seconds`` offset applies to this ledger's own clock.
         """
         with self._lock:
-            used = spent.amounts()
-            for node in self._chain():
-                for i, a in enumerate(used):
-                    node._spent[i] += a
-                _accumulate(node._acc, spent)
+            used = _spent_vector(spent)
+            for node in self._chain_t:
+                node._spent[:] = map(_add, node._spent, used)
             self._seconds_offset += seconds
 
     def child(self, budget: Budget | None = None, *, name: str = "child") -> BudgetLedger:
@@ -579,7 +593,7 @@ class BudgetLedger:
     # --------------------------------------------------------------- waiting
     def settle_count(self) -> int:
         """A counter that moves on every settle or release anywhere in the run."""
-        return self.root()._settles
+        return self._root._settles
 
     async def wait_for_settle(self, since: int) -> None:
         """Wait until some reservation in the run settles after :meth:`settle_count` was ``since``.
@@ -588,7 +602,7 @@ class BudgetLedger:
         """
         import asyncio
 
-        root = self.root()
+        root = self._root
         loop = asyncio.get_running_loop()
         with self._lock:
             if root._settles != since or root._in_flight == 0:
@@ -600,18 +614,10 @@ class BudgetLedger:
     # ------------------------------------------------------------- internals
     def root(self) -> BudgetLedger:
         """The run's top ledger (this one when it has no parent)."""
-        node = self
-        while node.parent is not None:
-            node = node.parent
-        return node
+        return self._root
 
     def _chain(self) -> list[BudgetLedger]:
-        chain: list[BudgetLedger] = []
-        node: BudgetLedger | None = self
-        while node is not None:
-            chain.append(node)
-            node = node.parent
-        return chain
+        return list(self._chain_t)
 
     def _check(self, amount: Usage, *, count: bool = True, amounts: tuple[float, ...] | None = None) -> None:
         if amounts is None:
@@ -630,14 +636,14 @@ class BudgetLedger:
                 self.refusals += count
                 raise BudgetExhausted(dim, need, max(lim - used, 0.0), self.name)
 
-    def _record(self, used: tuple[float, ...], actual: Usage, role: str) -> None:
+    def _record(self, used: tuple[float, ...], role: str) -> None:
+        """Add a settled :func:`_spent_vector` to this ledger's spend and its role's."""
         spent = self._spent
-        spent[:] = [s + u for s, u in zip(spent, used, strict=True)]
-        _accumulate(self._acc, actual)
+        spent[:] = map(_add, spent, used)
         role_acc = self._role_acc.get(role)
         if role_acc is None:
-            role_acc = self._role_acc[role] = [0.0] * 6
-        _accumulate(role_acc, actual)
+            role_acc = self._role_acc[role] = [0.0] * _SPENT_SLOTS
+        role_acc[:] = map(_add, role_acc, used)
 
     def _finish(self, res: Reservation, actual: Usage | None) -> dict[str, float]:
         over: dict[str, float] = {}
@@ -645,29 +651,38 @@ class BudgetLedger:
             if res.done:
                 return over
             res.done = True
-            self._open.pop(res.id, None)
+            self._open -= 1
             held = res.amounts or res.amount.amounts()
-            used = actual.amounts() if actual is not None else None
-            # The usual settle fits on every dimension: one C-level pass says so.
-            if used is not None and not all(map(operator.le, used, held)):
-                for i, dim in _SETTLE_DIMS:
-                    excess = used[i] - held[i]
-                    if excess > (1e-12 if dim == "usd" else 0):
-                        over[dim] = excess
-            chain = self._chain()
-            for node in chain:
+            used = None
+            if actual is not None:
+                used = _spent_vector(actual)
+                # The usual settle fits on every dimension: one C-level pass says so
+                # (map stops at the end of `held`, the budget dimensions).
+                if not all(map(operator.le, used, held)):
+                    for i, dim in _SETTLE_DIMS:
+                        excess = used[i] - held[i]
+                        if excess > (1e-12 if dim == "usd" else 0):
+                            over[dim] = excess
+            for node in self._chain_t:
                 reserved = node._reserved
-                # Float USD sums drift by ~1e-18; snap them back to zero.
-                reserved[:] = [0.0 if -1e-9 < (left := r - h) < 1e-9 else left
-                               for r, h in zip(reserved, held, strict=True)]
+                reserved[:] = map(_sub, reserved, held)
+                # Float USD sums drift by ~1e-18; snap them back to zero. The
+                # token and call counts are whole numbers (exact in a float)
+                # and seconds are never reserved, so only USD can drift.
+                left = reserved[_USD]
+                if left and -1e-9 < left < 1e-9:
+                    reserved[_USD] = 0.0
                 node._in_flight -= 1
-                if actual is not None and used is not None:
-                    node._record(used, actual, res.role)
-                for dim, excess in over.items():
-                    node.overdrawn[dim] = node.overdrawn.get(dim, 0.0) + excess
-            root = chain[-1]
+                if used is not None:
+                    node._record(used, res.role)
+                if over:
+                    for dim, excess in over.items():
+                        node.overdrawn[dim] = node.overdrawn.get(dim, 0.0) + excess
+            root = self._root
             root._settles += 1
-            waiters, root._waiters = root._waiters, []
+            waiters: list[tuple[Any, Any]] | tuple[()] = ()
+            if root._waiters:
+                waiters, root._waiters = root._waiters, []
         for loop, fut in waiters:
             try:
                 loop.call_soon_threadsafe(_wake, fut)
@@ -681,15 +696,13 @@ def _wake(fut: Any) -> None:
         fut.set_result(None)
 
 
-def _accumulate(acc: list[float], u: Usage) -> None:
-    acc[0] += u.input_tokens
-    acc[1] += u.output_tokens
-    acc[2] += u.cached_tokens
-    acc[3] += u.calls
-    acc[4] += u.usd
-    acc[5] += u.reasoning_tokens
+def _spent_vector(u: Usage) -> tuple[float, ...]:
+    """What settling ``u`` adds to a ledger's spent slots: :meth:`Usage.amounts`
+    (the budget dimensions), then cached and reasoning tokens."""
+    return u.amounts() + (float(u.cached_tokens), float(u.reasoning_tokens))
 
 
-def _usage_of(acc: list[float]) -> Usage:
-    return Usage(input_tokens=int(acc[0]), output_tokens=int(acc[1]), cached_tokens=int(acc[2]),
-                 calls=int(acc[3]), usd=acc[4], reasoning_tokens=int(acc[5]))
+def _usage_of(spent: list[float]) -> Usage:
+    return Usage(input_tokens=int(spent[_INPUT]), output_tokens=int(spent[_OUTPUT]),
+                 cached_tokens=int(spent[_CACHED]), calls=int(spent[_CALLS]), usd=spent[_USD],
+                 reasoning_tokens=int(spent[_REASONING]))

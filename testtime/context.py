@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import json
 import random
 import time
@@ -38,10 +39,18 @@ from testtime.models.base import Generation, GenerationRequest, Model, StreamDel
 from testtime.models.streaming import cut_usage, failed_attempt_usage
 from testtime.thinking import THINKING_SEGMENT, ThinkingModel, split_inline_thinking
 from testtime.thinking import generate as generate_thinking
-from testtime.trace.events import NullTracer, Tracer, current_tracer
+from testtime.trace.events import NullTracer, Tracer, current_tracer, redact, redact_text
 
 if TYPE_CHECKING:
     from testtime.verifiers.base import ProcessRewardModel, Verifier
+
+_INF = float("inf")
+#: What a whole (non-streamed) attempt received before it ended: nothing counted
+#: per delta. Shared and never written (a streamed attempt gets its own counter).
+_NOTHING_STREAMED = [0]
+#: split_inline_thinking's default closing tag (read from it, so the two never
+#: disagree): a reply without it has no inline thinking.
+_THINK_CLOSE: str = inspect.signature(split_inline_thinking).parameters["tags"].default[1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,7 +156,7 @@ class RunContext:
             policy = request.thinking if request.thinking is not None else model.policy  # type: ignore[attr-defined]
             return await generate_thinking(self, request, policy, role=role, model=model)
         if request.n > 1 and not model.capabilities.native_n:
-            return split_inline_thinking(await self._fan_out(request, role, model))
+            return _split_thinking(await self._fan_out(request, role, model))
         gens = await self._call(request, role, model)
         if len(gens) < request.n:
             gens = await self._top_up(request, gens, role, model)
@@ -158,13 +167,16 @@ class RunContext:
                     if g.logprobs:
                         recorder(g.text, g.logprobs)
         # A think-tag model without a policy: its thinking is not its answer.
-        return split_inline_thinking(gens)
+        return _split_thinking(gens)
 
     async def _fan_out(self, request: GenerationRequest, role: str, model: Model) -> list[Generation]:
         # One request per sample, each reserved, retried and counted on its
         # own: a failed or refused sample does not cost the others.
         base = request.seed
-        parts = [request.with_(n=1, seed=None if base is None else base + i) for i in range(request.n)]
+        if base is None:
+            parts = [request.with_(n=1)] * request.n  # unseeded, the parts are one (frozen) request
+        else:
+            parts = [request.with_(n=1, seed=base + i) for i in range(request.n)]
         results = await asyncio.gather(*(self._call(p, role, model) for p in parts), return_exceptions=True)
         stops = [r for r in results if isinstance(r, SearchStop)]
         others = [r for r in results if isinstance(r, BaseException) and not isinstance(r, SearchStop)]
@@ -206,7 +218,14 @@ class RunContext:
 
     async def _call(self, request: GenerationRequest, role: str, model: Model,
                     held: int = 0) -> list[Generation]:
-        """One logical call: replay from the journal, or attempts under the retry policy."""
+        """One logical call: replay from the journal, or attempts under the retry policy.
+
+        An attempt reserves the worst case, sends the request and settles what
+        it cost (:meth:`_settle_sent`, or :meth:`_settle_failed` when it
+        failed). It is written out in the retry loop rather than as a
+        coroutine of its own: every sample takes this path, and a coroutine
+        per attempt is a measurable part of its cost.
+        """
         key = self._journal_key(request, role, model) if self.journal is not None else None
         if key is not None:
             replay = self.journal.lookup(key)  # type: ignore[union-attr]
@@ -220,11 +239,51 @@ class RunContext:
                                      finish_reasons=[g.finish_reason for g in replay.generations])
                 return list(replay.generations)
         policy = model.retry_policy
+        ledger = self.ledger
+        journal = self.journal if key is not None else None
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await self._attempt(request, role, model, key, held)
+                worst = model.worst_case(request)
+                seen = ledger.settle_count()
+                try:
+                    # What _reserve does first, without a coroutine: the usual reservation fits.
+                    res = ledger.reserve(worst, role=role)
+                except (BudgetOverdrawn, BudgetExhausted) as refused:
+                    await self._wait_or_refuse(refused, seen, role, model, held)
+                    res = await self._reserve(worst, role, model, held)
+                if journal is not None:
+                    try:
+                        journal.begin(key, worst, role)  # type: ignore[arg-type]
+                    except BaseException:
+                        res.release()
+                        raise
+                # The default stream yields only its end: await that, without an async generator.
+                whole = getattr(model.stream, "__func__", None) is Model.stream
+                received = _NOTHING_STREAMED if whole else [0]
+                self.in_flight += 1
+                t0 = time.monotonic()
+                token = current_tracer.set(self.tracer)
+                try:
+                    timeout = ledger.remaining("seconds")
+                    consume = model.stream_end(request) if whole else self._consume(model, request, received)
+                    if timeout == _INF:
+                        end = await consume
+                    else:
+                        try:
+                            end = await asyncio.wait_for(consume, timeout)
+                        except TimeoutError:
+                            self._settle_failed(res, None, worst, received[0], model, key, role)
+                            raise BudgetExhausted("seconds", 0.0, 0.0, ledger.name) from None
+                except BaseException as exc:
+                    if not res.done:
+                        self._settle_failed(res, exc, worst, received[0], model, key, role)
+                    raise
+                finally:
+                    self.in_flight -= 1
+                    current_tracer.reset(token)
+                return self._settle_sent(request, role, model, key, worst, res, end, t0)
             except ModelAPIError as exc:
                 wait = self._retry_wait(exc, policy, attempt)
                 if wait is None:
@@ -258,65 +317,38 @@ class RunContext:
             seen = self.ledger.settle_count()
             try:
                 return self.ledger.reserve(worst, role=role)
-            except BudgetOverdrawn:
-                self.stats["refusals"] += 1
-                self.tracer.emit("budget_refused", role=role, model=model.spec, dimension="overdrawn",
-                                 requested=0, remaining=0)
-                raise
-            except BudgetExhausted as exc:
-                # Calls in flight will return their slack when they settle;
-                # wait for that before refusing.
-                if exc.dimension != "seconds" and self.ledger.in_flight() > held:
-                    timeout = self.ledger.remaining("seconds")
-                    try:
-                        await asyncio.wait_for(self.ledger.wait_for_settle(seen),
-                                               None if timeout == float("inf") else timeout)
-                    except TimeoutError:
-                        pass
-                    continue
-                self.stats["refusals"] += 1
-                self.tracer.emit("budget_refused", role=role, model=model.spec,
-                                 dimension=exc.dimension, requested=exc.requested,
-                                 remaining=exc.remaining)
-                raise
+            except (BudgetOverdrawn, BudgetExhausted) as exc:
+                await self._wait_or_refuse(exc, seen, role, model, held)
 
-    async def _attempt(self, request: GenerationRequest, role: str, model: Model,
-                       key: str | None, held: int = 0) -> list[Generation]:
-        worst = model.worst_case(request)
-        res = await self._reserve(worst, role, model, held)
-        journal = self.journal if key is not None else None
-        if journal is not None:
-            try:
-                journal.begin(key, worst, role)  # type: ignore[arg-type]
-            except BaseException:
-                res.release()
-                raise
-        received = [0]
-        self.in_flight += 1
-        t0 = time.monotonic()
-        token = current_tracer.set(self.tracer)
-        try:
+    async def _wait_or_refuse(self, exc: BudgetExhausted | BudgetOverdrawn, seen: int, role: str,
+                              model: Model, held: int) -> None:
+        """After a refused reservation: return once a call in flight settled (try
+        again), or trace the refusal and raise it."""
+        if isinstance(exc, BudgetOverdrawn):
+            self.stats["refusals"] += 1
+            self.tracer.emit("budget_refused", role=role, model=model.spec, dimension="overdrawn",
+                             requested=0, remaining=0)
+            raise exc
+        # Calls in flight will return their slack when they settle;
+        # wait for that before refusing.
+        if exc.dimension != "seconds" and self.ledger.in_flight() > held:
             timeout = self.ledger.remaining("seconds")
-            if getattr(model.stream, "__func__", None) is Model.stream:
-                # The default stream yields only its end: await that, without an async generator.
-                consume = model.stream_end(request)
-            else:
-                consume = self._consume(model, request, received)
-            if timeout == float("inf"):
-                end = await consume
-            else:
-                try:
-                    end = await asyncio.wait_for(consume, timeout)
-                except TimeoutError:
-                    self._settle_failed(res, None, worst, received[0], model, key, role)
-                    raise BudgetExhausted("seconds", 0.0, 0.0, self.ledger.name) from None
-        except BaseException as exc:
-            if not res.done:
-                self._settle_failed(res, exc, worst, received[0], model, key, role)
-            raise
-        finally:
-            self.in_flight -= 1
-            current_tracer.reset(token)
+            try:
+                await asyncio.wait_for(self.ledger.wait_for_settle(seen),
+                                       None if timeout == float("inf") else timeout)
+            except TimeoutError:
+                pass
+            return
+        self.stats["refusals"] += 1
+        self.tracer.emit("budget_refused", role=role, model=model.spec,
+                         dimension=exc.dimension, requested=exc.requested,
+                         remaining=exc.remaining)
+        raise exc
+
+    def _settle_sent(self, request: GenerationRequest, role: str, model: Model, key: str | None,
+                     worst: Usage, res: Any, end: StreamEnd, t0: float) -> list[Generation]:
+        """Settle an attempt that returned: what the backend reported (the worst
+        case when it reported nothing), journal it, count it, trace it."""
         actual = end.usage
         if actual is None:
             actual = worst
@@ -335,15 +367,18 @@ class RunContext:
                              error=f"{model.spec} billed more than its reservation; the budget is "
                                    f"overdrawn and no further calls are made",
                              over=over, reserved=worst.to_dict(), actual=actual.to_dict())
-        if journal is not None:
-            journal.complete(key, end.generations, actual, role)  # type: ignore[arg-type]
+        if key is not None and self.journal is not None:
+            self.journal.complete(key, end.generations, actual, role)
         self.stats["calls_ok"] += 1
-        if self.tracer.sinks:  # skip building the event when nobody listens
-            self.tracer.emit(
-                "model_call", model=model.spec, role=role, n=request.n,
-                usage=actual.to_dict(), latency_s=round(time.monotonic() - t0, 6),
-                finish_reasons=[g.finish_reason for g in end.generations],
-            )
+        tracer = self.tracer
+        if tracer.sinks:  # skip building the event when nobody listens
+            # The event emit("model_call", model=..., role=..., ...) would make, built
+            # redacted: its keys are fixed and only its strings need a look.
+            tracer.emit_redacted("model_call", {
+                "model": redact_text(model.spec), "role": redact(role), "n": request.n,
+                "usage": actual.to_dict(), "latency_s": round(time.monotonic() - t0, 6),
+                "finish_reasons": [redact(g.finish_reason) for g in end.generations],
+            })
         return list(end.generations)
 
     async def _consume(self, model: Model, request: GenerationRequest, received: list[int]) -> StreamEnd:
@@ -409,6 +444,15 @@ class RunContext:
         counts = self.stats["key_counts"]
         counts[base] += 1
         return f"{base}|{counts[base] - 1}"
+
+
+def _split_thinking(gens: list[Generation]) -> list[Generation]:
+    """:func:`split_inline_thinking` with its default tags, returning ``gens``
+    itself at once when no reply holds the closing tag (the usual case)."""
+    for g in gens:
+        if _THINK_CLOSE in g.text:
+            return split_inline_thinking(gens)
+    return gens
 
 
 def final_stopped_reason(reason: str, ledger: BudgetLedger, stats: dict[str, Any]) -> str:

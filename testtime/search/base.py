@@ -14,7 +14,7 @@ DiGraph whose nodes carry ``text`` (this step), ``step`` (depth), ``score``,
 from __future__ import annotations
 
 import abc
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -24,6 +24,7 @@ import networkx as nx
 from testtime.budget import Usage
 from testtime.context import RunContext
 from testtime.models.base import Generation, GenerationRequest
+from testtime.trace.events import redact, redact_text
 from testtime.verifiers.answer import extract_answer, has_final_answer, normalize_answer
 
 DEFAULT_SYSTEM = (
@@ -103,12 +104,22 @@ class SearchTree:
             terminal: bool = False, **attrs: Any) -> int:
         node = self._next
         self._next += 1
-        step = self.graph.nodes[parent]["step"] + 1
-        self.graph.add_node(node, text=text, step=step, score=score, tokens=tokens, visits=0,
-                            value=0.0, terminal=terminal, parent=parent, **attrs)
-        self.graph.add_edge(parent, node)
-        self.ctx.tracer.emit("node_added", node=node, parent=parent, step=step, score=score,
-                             tokens=tokens, terminal=terminal, text=text[:4000])
+        graph = self.graph
+        nodes = graph.nodes
+        step = nodes[parent]["step"] + 1
+        # add_edge adds the new node (empty data) before the edge, as add_node then
+        # add_edge would; filling its data dict after is the same node, cheaper.
+        graph.add_edge(parent, node)
+        nodes[node].update(text=text, step=step, score=score, tokens=tokens, visits=0,
+                           value=0.0, terminal=terminal, parent=parent, **attrs)
+        tracer = self.ctx.tracer
+        if tracer.sinks:
+            # What emit("node_added", node=..., ...) makes, built redacted (fixed keys).
+            tracer.emit_redacted("node_added", {
+                "node": node, "parent": parent, "step": step, "score": redact(score), "tokens": tokens,
+                "terminal": terminal,
+                "text": redact_text(text[:4000]) if type(text) is str else redact(text[:4000]),
+            })
         return node
 
     def set(self, node: int, **attrs: Any) -> None:
@@ -234,7 +245,8 @@ def is_terminal_step(gen: Generation, step_text: str) -> bool:
     return gen.finish_reason == "eos"
 
 
-def vote(candidates: Sequence[Candidate], *, weighted: bool = False) -> tuple[str | None, dict[str, float]]:
+def vote(candidates: Sequence[Candidate], *, weighted: bool = False,
+         keys: Sequence[str | None] | None = None) -> tuple[str | None, dict[str, float]]:
     """Majority (or score-weighted) vote over extracted answers.
 
     Returns the winning normalised answer and the tally. Ties go to the
@@ -242,10 +254,14 @@ def vote(candidates: Sequence[Candidate], *, weighted: bool = False) -> tuple[st
     weighted vote an unscored candidate (its scoring was refused) casts no
     vote at all: counting it as a score of 0 would still shape the tally's
     share and hide that the vote is short of what was sampled.
+
+    ``keys``: :func:`normalized_answers` of ``candidates``, when the caller
+    has them already.
     """
     tally: dict[str, float] = defaultdict(float)
     first_seen: dict[str, int] = {}
-    keys = normalized_answers(candidates)
+    if keys is None:
+        keys = normalized_answers(candidates)
     for i, c in enumerate(candidates):
         key = keys[i]
         if key is None or (weighted and c.score is None):
@@ -371,8 +387,9 @@ def sample_candidate(gen: Generation) -> Candidate:
     ``answer=None`` (``data["truncated"]``): the last number in it is a
     running total, not its answer, and must not vote.
     """
-    cand = candidate_from(gen)
-    if gen.finish_reason == "length" and not has_final_answer(cand.text):
+    text = gen.text
+    cand = Candidate(text=text, answer=extract_answer(text), tokens=gen.usage.output_tokens)  # candidate_from(gen)
+    if gen.finish_reason == "length" and not has_final_answer(text):
         cand.answer = None
         cand.data["truncated"] = True
     return cand
@@ -407,20 +424,39 @@ async def draw_solutions(problem: Problem, ctx: RunContext, *, n: int | None = N
     order = itertools.count()
     results: dict[int, list[Candidate]] = {}
     pending: dict[asyncio.Future[Any], int] = {}
+    # Calls report here when they end, so waiting costs O(1) per call (asyncio.wait
+    # would add and remove a callback on every call in flight at every wake-up).
+    finished: deque[asyncio.Future[Any]] = deque()
+    wake: list[asyncio.Future[None] | None] = [None]
+    loop = asyncio.get_running_loop()
+    # Unseeded, every request of one size is the same (frozen) request: build it once.
+    same: dict[tuple[int, int | None], GenerationRequest] | None = {} if ctx.seed is None else None
     launched = 0
     stopped = "done"
     halt = False  # a refusal or a failed call: send nothing more
 
-    async def one(request: GenerationRequest) -> list[Candidate] | SearchStop:
-        try:
-            gens = await ctx.generate(request, role=role)
-        except SearchStop as exc:
-            return exc
-        return [sample_candidate(g) for g in gens]
+    def on_done(task: asyncio.Future[Any]) -> None:
+        finished.append(task)
+        waiter = wake[0]
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def request_of(size: int, max_tokens: int | None = None) -> GenerationRequest:
+        if same is None:
+            return solution_request(problem, ctx, n=size, max_tokens=max_tokens, logprobs=logprobs)
+        req = same.get((size, max_tokens))
+        if req is None:
+            req = same[(size, max_tokens)] = solution_request(problem, ctx, n=size, max_tokens=max_tokens,
+                                                              logprobs=logprobs)
+        return req
 
     def launch(request: GenerationRequest) -> None:
         nonlocal launched
-        pending[asyncio.ensure_future(one(request))] = next(order)
+        # The call itself is the task (no wrapper coroutine per call); its
+        # generations become candidates when it is collected below.
+        task = loop.create_task(ctx.generate(request, role=role))
+        task.add_done_callback(on_done)
+        pending[task] = next(order)
         launched += request.n
 
     try:
@@ -428,26 +464,32 @@ async def draw_solutions(problem: Problem, ctx: RunContext, *, n: int | None = N
             if not halt and launched < target:
                 sizes = plan_batches(ctx, template, target - launched, batch=batch)
                 for size in sizes:
-                    launch(solution_request(problem, ctx, n=size, logprobs=logprobs))
+                    launch(request_of(size))
                 if not sizes and not pending:
                     # Nothing in flight will return slack: shorten the next sample.
                     short = fit_request(ctx, template, min_tokens=min_tokens)
                     if short is None:
                         stopped = "budget_exhausted"
                         break
-                    launch(solution_request(problem, ctx, n=1, max_tokens=short.max_tokens,
-                                            logprobs=logprobs))
+                    launch(request_of(1, short.max_tokens))
             if not pending:
                 break
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
+            if not finished:
+                wake[0] = loop.create_future()
+                try:
+                    await wake[0]
+                finally:
+                    wake[0] = None
+            while finished:
+                task = finished.popleft()
                 idx = pending.pop(task)
-                r = task.result()
-                if isinstance(r, SearchStop):
+                try:
+                    gens = task.result()
+                except SearchStop:
                     stopped = "budget_exhausted"
                     halt = True
                 else:
-                    results[idx] = r
+                    results[idx] = [sample_candidate(g) for g in gens]
     finally:
         for task in pending:
             task.cancel()

@@ -75,13 +75,13 @@ class SelfConsistency(SearchStrategy):
             cands, stopped, _ = await sample_and_score(
                 problem, ctx, max_n=cap, batch=self.batch, ratio=self.score_ratio,
                 max_rounds=None, name="wsc.samples", min_tokens=self.min_tokens)
-        winner, tally = vote(cands, weighted=self.weighted)
+        keys = normalized_answers(cands)
+        winner, tally = vote(cands, weighted=self.weighted, keys=keys)
         fallback = False
         if self.weighted and winner is None and any(c.answer is not None for c in cands):
             # The budget scored none of them: a plain majority is the best guess left.
-            winner, tally = vote(cands)
+            winner, tally = vote(cands, keys=keys)
             fallback = True
-        keys = normalized_answers(cands)
         best = next((c for c, k in zip(cands, keys, strict=True) if k == winner), None)
         for c, k in zip(cands, keys, strict=True):
             c.votes = tally.get(k or "", 0.0)

@@ -124,7 +124,9 @@ def _secret_key(key: str) -> bool:
     return hit
 
 
-def _redact_text(value: str) -> str:
+def redact_text(value: str) -> str:
+    """A string with every secret-looking part (API keys, bearer tokens, URL
+    credentials, secret environment values) replaced by ``[redacted]``."""
     # Cheap substring tests first: most strings hold no secret at all.
     if "sk-" in value or "Bearer" in value:
         value = _SECRET_VALUE.sub("[redacted]", value)
@@ -134,6 +136,9 @@ def _redact_text(value: str) -> str:
         if secret in value:
             value = value.replace(secret, "[redacted]")
     return value
+
+
+_redact_text = redact_text
 
 
 def redact(value: Any, key: str = "") -> Any:
@@ -158,10 +163,26 @@ def redact(value: Any, key: str = "") -> Any:
 def _redact_items(src: dict[Any, Any], dst: dict[Any, Any]) -> dict[Any, Any]:
     """The one loop that redacts a dict's items: ``src``'s items, redacted, into ``dst``.
 
-    ``dst`` is a new dict (:func:`redact`) or ``src`` itself (:func:`_redact_kwargs`:
-    values are then replaced in place and plain values are left where they are).
+    ``dst`` is a new dict (:func:`redact`) or ``src`` itself (an emit's own
+    ``**data``, a fresh dict nobody else holds: values are then replaced in
+    place and plain values are left where they are).
     Nested values are redacted into copies either way.
     """
+    if len(src) <= _SHAPE_MAX_KEYS:
+        # Events of one kind have the same keys every time: once their key set is
+        # known to hold no secret-looking key, only the values need a look.
+        keys = tuple(src)
+        safe = _SAFE_SHAPES.get(keys)
+        if safe is None:
+            safe = _learn_shape(keys)
+        if safe:
+            if dst is not src:
+                dst.update(src)
+            if not _PLAIN.issuperset(map(type, src.values())):
+                for k, v in src.items():
+                    if type(v) not in _PLAIN:
+                        dst[k] = _redact_value(v, k if type(k) is str else str(k))
+            return dst
     seen = _SECRET_KEYS_SEEN
     copy = dst is not src
     for k, v in src.items():
@@ -172,22 +193,37 @@ def _redact_items(src: dict[Any, Any], dst: dict[Any, Any]) -> dict[Any, Any]:
         if secret:
             dst[k] = "[redacted]"
         else:
-            vt = type(v)
-            if vt in _PLAIN:
+            if type(v) in _PLAIN:
                 if copy:
                     dst[k] = v
-            elif vt is str:
-                dst[k] = _redact_text(v)
             else:
-                dst[k] = redact(v, ks)
+                dst[k] = _redact_value(v, ks)
     return dst
 
 
-def _redact_kwargs(data: dict[str, Any]) -> dict[str, Any]:
-    """:func:`redact` for an emit's own ``**data`` (a fresh dict nobody else holds):
-    values are replaced in place instead of copying the dict; nested values are
-    redacted into copies as usual."""
-    return _redact_items(data, data)
+def _redact_value(v: Any, key: str) -> Any:
+    """:func:`redact` for a value that is not plain, under a key known not to look secret."""
+    vt = type(v)
+    if vt is str:
+        return _redact_text(v)
+    if vt is dict:
+        return _redact_items(v, {})
+    if vt is list or vt is tuple:
+        return [x if type(x) in _PLAIN else _redact_text(x) if type(x) is str else redact(x) for x in v]
+    return redact(v, key)
+
+
+#: Dicts with more keys than this (tallies keyed by answer...) skip the shape memo.
+_SHAPE_MAX_KEYS = 16
+#: Key tuples (a dict's keys in order) -> True when none of them looks secret.
+_SAFE_SHAPES: dict[tuple[Any, ...], bool] = {}
+
+
+def _learn_shape(keys: tuple[Any, ...]) -> bool:
+    if len(_SAFE_SHAPES) >= 4096:
+        _SAFE_SHAPES.clear()
+    safe = _SAFE_SHAPES[keys] = not any(_secret_key(k if type(k) is str else str(k)) for k in keys)
+    return safe
 
 
 def redact_url(text: str) -> str:
@@ -212,6 +248,16 @@ class TraceEvent:
 
 
 Sink = Callable[[TraceEvent], None]
+
+# Building an event field by field through the slots' descriptors skips the
+# frozen dataclass __init__ (one object.__setattr__ per field), which is most
+# of an event's cost on the spend path. The result is the same frozen event.
+_new_event = object.__new__
+_SET_KIND = TraceEvent.__dict__["kind"].__set__
+_SET_RUN_ID = TraceEvent.__dict__["run_id"].__set__
+_SET_T = TraceEvent.__dict__["t"].__set__
+_SET_STAGE = TraceEvent.__dict__["stage"].__set__
+_SET_DATA = TraceEvent.__dict__["data"].__set__
 
 
 class Tracer:
@@ -245,9 +291,34 @@ class Tracer:
         if kind == "run_start":
             data.setdefault("trace_version", TRACE_VERSION)
             data.setdefault("started_at", round(time.time() - t, 6))
-        event = TraceEvent(kind=kind, run_id=self.run_id, t=t, stage=self.stage, data=_redact_kwargs(data))
-        for sink in list(self.sinks):
-            sink(event)
+        return self._deliver(kind, t, _redact_items(data, data))
+
+    def emit_redacted(self, kind: str, data: dict[str, Any]) -> TraceEvent | None:
+        """:meth:`emit` for a hot path that built ``data`` already redacted.
+
+        ``data`` must be a dict made for this event alone whose keys are fixed
+        names that do not look secret (so key redaction would change nothing)
+        and whose values are plain numbers, or strings passed through
+        :func:`redact_text`, or other values passed through :func:`redact`:
+        the event is then the one :meth:`emit` would have made, without the
+        generic walk over ``data``.
+        """
+        return self._deliver(kind, time.monotonic() - self._start, data)
+
+    def _deliver(self, kind: str, t: float, data: dict[str, Any]) -> TraceEvent:
+        """Build the event and hand it to every sink, in order."""
+        event = _new_event(TraceEvent)
+        _SET_KIND(event, kind)
+        _SET_RUN_ID(event, self.run_id)
+        _SET_T(event, t)
+        _SET_STAGE(event, self.stage)
+        _SET_DATA(event, data)
+        sinks = self.sinks
+        if len(sinks) == 1:
+            sinks[0](event)  # the usual case: no copy of the list to iterate
+        else:
+            for sink in list(sinks):
+                sink(event)
         return event
 
     def for_stage(self, stage: str | None) -> Tracer:
@@ -264,6 +335,11 @@ class NullTracer(Tracer):
         if not self.sinks:
             return None
         return super().emit(kind, **data)
+
+    def emit_redacted(self, kind: str, data: dict[str, Any]) -> TraceEvent | None:
+        if not self.sinks:
+            return None
+        return super().emit_redacted(kind, data)
 
 
 #: The tracer of the model call in progress. RunContext.generate sets it so
