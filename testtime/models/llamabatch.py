@@ -548,7 +548,9 @@ def sample_softmax(logits: Any, temperatures: list[float], draws: list[float]) -
     out = []
     for j, u in enumerate(draws):
         target = u * float(cum[j, -1])
-        b = min(int(np.searchsorted(cum[j], target, side="right")), len(starts) - 1)
+        b = int(np.searchsorted(cum[j], target, side="right"))
+        if b >= len(starts):  # u * total rounded up to the total: the last block with any mass
+            b = int(np.flatnonzero(np.diff(cum[j], prepend=0.0) > 0)[-1])
         seg = x[j, starts[b]: starts[b] + _BLOCK]
         inner = np.cumsum(seg) + (float(cum[j, b - 1]) if b else 0.0)
         t = int(np.searchsorted(inner, target, side="right"))
