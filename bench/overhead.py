@@ -44,11 +44,14 @@ async def bare_gather(model: ScriptedModel, n: int, batch: int) -> float:
     return time.perf_counter() - t0
 
 
-async def full_stack(model: Model, n: int, batch: int) -> float:
-    """Wall time of n samples through ledger, self-consistency and tracing (to memory)."""
+async def full_stack(model: Model, n: int, batch: int, *, traced: bool = True) -> float:
+    """Wall time of n samples through ledger, self-consistency and tracing (to memory).
+
+    ``traced=False``: no trace sink (events are not built), to show their share.
+    """
     events: list[object] = []
     ctx = RunContext(model=model, ledger=BudgetLedger(Budget(tokens=10**9)),
-                     tracer=Tracer(sinks=[events.append]), max_tokens=16)
+                     tracer=Tracer(sinks=[events.append] if traced else []), max_tokens=16)
     t0 = time.perf_counter()
     result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=batch), context=ctx)
     elapsed = time.perf_counter() - t0
@@ -62,21 +65,22 @@ def overhead_rows(reps: int) -> list[tuple[str, float, float, float]]:
 
     One untimed run of each first: a process's first run is up to twice as
     slow (cold caches, first allocations) and with ``--quick`` would be half
-    the median.
+    the median. A last row runs 1/request with no trace sink.
     """
     rows = []
     n = 2000
-    for batch in (1, 8):
+    for batch, traced in ((1, True), (8, True), (1, False)):
         warm = ScriptedModel(["The answer is 4."])
         asyncio.run(bare_gather(warm, n, batch))
-        asyncio.run(full_stack(warm, n, batch))
+        asyncio.run(full_stack(warm, n, batch, traced=traced))
         bare, stack = [], []
         for _ in range(reps):
             model = ScriptedModel(["The answer is 4."])
             bare.append(asyncio.run(bare_gather(model, n, batch)))
-            stack.append(asyncio.run(full_stack(model, n, batch)))
+            stack.append(asyncio.run(full_stack(model, n, batch, traced=traced)))
         b, s = statistics.median(bare), statistics.median(stack)
-        rows.append((f"{n} samples, {batch}/request", n / b, n / s, b / s))
+        label = f"{n} samples, {batch}/request" + ("" if traced else ", no trace sink")
+        rows.append((label, n / b, n / s, b / s))
     return rows
 
 
@@ -103,33 +107,62 @@ async def _raw_streams(base_url: str, n: int) -> float:
     return wall
 
 
-async def _parallel(base_url: str, reps: int) -> list[tuple[str, float, float]]:
+async def _timed(model: Model, n: int, batch: int, reps: int) -> tuple[float, float]:
+    """Median wall seconds of ``full_stack(model, n, batch)`` and median client CPU ms per request."""
+    walls, cpus = [], []
+    requests = n // batch
+    for _ in range(reps):
+        c0 = time.process_time()
+        walls.append(await full_stack(model, n, batch))
+        cpus.append((time.process_time() - c0) * 1000 / requests)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+async def _parallel(base_url: str, reps: int) -> list[tuple[str, float, float, float | None]]:
     # max_concurrency=100 so that 100 requests are in flight at once (the
     # default, 64, sends 100 in two waves: the last row shows it).
-    model = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real", max_concurrency=100)
-    native = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real", native_n=True)
-    default = load_model("openai:loopback", base_url=base_url, api_key="test-key-not-real")
-    # Warm the connection pool to the largest N, as a long-running service would be.
+    key = "test-key-not-real"
+    model = load_model("openai:loopback", base_url=base_url, api_key=key, max_concurrency=100)
+    via_httpx = load_model("openai:loopback", base_url=base_url, api_key=key, max_concurrency=100)
+    native = load_model("openai:loopback", base_url=base_url, api_key=key, native_n=True)
+    default = load_model("openai:loopback", base_url=base_url, api_key=key)
+    # Warm the connection pools to the largest N, as a long-running service would be.
     await full_stack(model, 100, 1)
     await full_stack(default, 100, 1)
-    one = statistics.median([await full_stack(model, 1, 1) for _ in range(reps)])
-    rows = []
+    # The httpx path is the one taken behind a proxy; make this client take it
+    # (the client is built on the first call) without routing through one.
+    # Imported here, not at the top: importing httpx early grows the heap that
+    # the first table's full garbage collections walk (8/request: 51% -> 40%).
+    from testtime.models import http11
+
+    real_proxy_for = http11.proxy_for
+    http11.proxy_for = lambda url: "bench: take the httpx path"
+    try:
+        await full_stack(via_httpx, 100, 1)
+    finally:
+        http11.proxy_for = real_proxy_for
+    if not via_httpx._clients[0].via_proxy:
+        raise RuntimeError("the httpx comparison row did not take the httpx path")
+    one, _ = await _timed(model, 1, 1, reps)
+    rows: list[tuple[str, float, float, float | None]] = []
     raw = statistics.median([await _raw_streams(base_url, 100) for _ in range(reps)])
-    rows.append(("100 requests, raw sockets (no client)", raw, raw / one))
+    rows.append(("100 requests, raw sockets (no client)", raw, raw / one, None))
     for n in (1, 10, 100):
-        wall = statistics.median([await full_stack(model, n, 1) for _ in range(reps)])
-        rows.append((f"{n} requests", wall, wall / one))
+        wall, cpu = await _timed(model, n, 1, reps)
+        rows.append((f"{n} requests", wall, wall / one, cpu))
+    wall, cpu = await _timed(via_httpx, 100, 1, reps)
+    rows.append(("100 requests over httpx (the proxy path)", wall, wall / one, cpu))
     for n in (10, 100):
-        wall = statistics.median([await full_stack(native, n, batch=n) for _ in range(reps)])
-        rows.append((f"1 request, n={n} (native n)", wall, wall / one))
-    wall = statistics.median([await full_stack(default, 100, 1) for _ in range(reps)])
-    rows.append(("100 requests, default max_concurrency=64", wall, wall / one))
-    for m in (model, native, default):
+        wall, cpu = await _timed(native, n, n, reps)
+        rows.append((f"1 request, n={n} (native n)", wall, wall / one, cpu))
+    wall, cpu = await _timed(default, 100, 1, reps)
+    rows.append(("100 requests, default max_concurrency=64", wall, wall / one, cpu))
+    for m in (model, via_httpx, native, default):
         await m.aclose()
     return rows
 
 
-def parallel_rows(reps: int) -> list[tuple[str, float, float]]:
+def parallel_rows(reps: int) -> list[tuple[str, float, float, float | None]]:
     """The server runs in its own process so it does not share our GIL."""
     proc = subprocess.Popen([sys.executable, "-m", "testtime.testing.loopback", "--latency", "0.1",
                              "--reply", "The answer is 4."], stdout=subprocess.PIPE, text=True)
@@ -151,17 +184,17 @@ def main() -> None:
     console = Console()
 
     t = Table(title="Orchestration overhead, zero-latency fake model (median of runs)")
-    for col in ("workload", "bare gather samples/s", "full stack samples/s", "stack / bare"):
+    for col in ("workload", "bare gather samples/s", "full stack samples/s", "stack / bare", "bare µs/sample", "stack µs/sample"):
         t.add_column(col, justify="right")
     for name, bare, stack, ratio in overhead_rows(reps):
-        t.add_row(name, f"{bare:,.0f}", f"{stack:,.0f}", f"{ratio:.0%}")
+        t.add_row(name, f"{bare:,.0f}", f"{stack:,.0f}", f"{ratio:.0%}", f"{1e6 / bare:.1f}", f"{1e6 / stack:.1f}")
     console.print(t)
 
     p = Table(title="Parallel efficiency, loopback server with 100 ms latency (openai backend)")
-    for col in ("N samples as", "wall (s)", "wall / one call"):
+    for col in ("N samples as", "wall (s)", "wall / one call", "client CPU ms / request"):
         p.add_column(col, justify="right")
-    for label, wall, ratio in parallel_rows(reps):
-        p.add_row(label, f"{wall:.3f}", f"{ratio:.2f}x")
+    for label, wall, ratio, cpu in parallel_rows(reps):
+        p.add_row(label, f"{wall:.3f}", f"{ratio:.2f}x", "-" if cpu is None else f"{cpu:.2f}")
     console.print(p)
 
 

@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import json
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from testtime.budget import BudgetLedger, Usage
 from testtime.errors import BudgetExhausted, BudgetOverdrawn, CallFailed, ModelAPIError, SearchStop
-from testtime.models.base import Generation, GenerationRequest, Model, StreamDelta, StreamEnd
+from testtime.models.base import Generation, GenerationRequest, Model, StreamDelta, StreamEnd, streams_deltas
 from testtime.models.streaming import cut_usage, failed_attempt_usage
 from testtime.thinking import THINKING_SEGMENT, ThinkingModel, split_inline_thinking
 from testtime.thinking import generate as generate_thinking
@@ -48,9 +48,6 @@ _INF = float("inf")
 #: What a whole (non-streamed) attempt received before it ended: nothing counted
 #: per delta. Shared and never written (a streamed attempt gets its own counter).
 _NOTHING_STREAMED = [0]
-#: split_inline_thinking's default closing tag (read from it, so the two never
-#: disagree): a reply without it has no inline thinking.
-_THINK_CLOSE: str = inspect.signature(split_inline_thinking).parameters["tags"].default[1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,7 +153,7 @@ class RunContext:
             policy = request.thinking if request.thinking is not None else model.policy  # type: ignore[attr-defined]
             return await generate_thinking(self, request, policy, role=role, model=model)
         if request.n > 1 and not model.capabilities.native_n:
-            return _split_thinking(await self._fan_out(request, role, model))
+            return split_inline_thinking(await self._fan_out(request, role, model))
         gens = await self._call(request, role, model)
         if len(gens) < request.n:
             gens = await self._top_up(request, gens, role, model)
@@ -167,7 +164,7 @@ class RunContext:
                     if g.logprobs:
                         recorder(g.text, g.logprobs)
         # A think-tag model without a policy: its thinking is not its answer.
-        return _split_thinking(gens)
+        return split_inline_thinking(gens)
 
     async def _fan_out(self, request: GenerationRequest, role: str, model: Model) -> list[Generation]:
         # One request per sample, each reserved, retried and counted on its
@@ -221,7 +218,7 @@ class RunContext:
         """One logical call: replay from the journal, or attempts under the retry policy.
 
         An attempt reserves the worst case, sends the request and settles what
-        it cost (:meth:`_settle_sent`, or :meth:`_settle_failed` when it
+        it cost (:meth:`settle_sent`, or :meth:`settle_failed` when it
         failed). It is written out in the retry loop rather than as a
         coroutine of its own: every sample takes this path, and a coroutine
         per attempt is a measurable part of its cost.
@@ -260,30 +257,30 @@ class RunContext:
                         res.release()
                         raise
                 # The default stream yields only its end: await that, without an async generator.
-                whole = getattr(model.stream, "__func__", None) is Model.stream
+                whole = not streams_deltas(model)
                 received = _NOTHING_STREAMED if whole else [0]
                 self.in_flight += 1
                 t0 = time.monotonic()
                 token = current_tracer.set(self.tracer)
                 try:
                     timeout = ledger.remaining("seconds")
-                    consume = model.stream_end(request) if whole else self._consume(model, request, received)
+                    consume = model.stream_end(request) if whole else self.consume_stream(model, request, received)
                     if timeout == _INF:
                         end = await consume
                     else:
                         try:
                             end = await asyncio.wait_for(consume, timeout)
                         except TimeoutError:
-                            self._settle_failed(res, None, worst, received[0], model, key, role)
+                            self.settle_failed(res, None, worst, received[0], model, role, key=key)
                             raise BudgetExhausted("seconds", 0.0, 0.0, ledger.name) from None
                 except BaseException as exc:
                     if not res.done:
-                        self._settle_failed(res, exc, worst, received[0], model, key, role)
+                        self.settle_failed(res, exc, worst, received[0], model, role, key=key)
                     raise
                 finally:
                     self.in_flight -= 1
                     current_tracer.reset(token)
-                return self._settle_sent(request, role, model, key, worst, res, end, t0)
+                return self.settle_sent(request, role, model, worst, res, end, t0, key=key)
             except ModelAPIError as exc:
                 wait = self._retry_wait(exc, policy, attempt)
                 if wait is None:
@@ -345,10 +342,16 @@ class RunContext:
                          remaining=exc.remaining)
         raise exc
 
-    def _settle_sent(self, request: GenerationRequest, role: str, model: Model, key: str | None,
-                     worst: Usage, res: Any, end: StreamEnd, t0: float) -> list[Generation]:
+    def settle_sent(self, request: GenerationRequest, role: str, model: Model, worst: Usage, res: Any,
+                    end: StreamEnd, t0: float, *, key: str | None = None) -> list[Generation]:
         """Settle an attempt that returned: what the backend reported (the worst
-        case when it reported nothing), journal it, count it, trace it."""
+        case when it reported nothing), journal it, count it, trace it.
+
+        ``res`` is the attempt's reservation of ``worst`` (:meth:`reserve`),
+        ``t0`` its ``time.monotonic()`` start. Strategies that drive a call
+        themselves (:func:`testtime.search.stream_watch.generate_watched`)
+        settle through here too, so every call is charged by one rule.
+        """
         actual = end.usage
         if actual is None:
             actual = worst
@@ -381,13 +384,29 @@ class RunContext:
             })
         return list(end.generations)
 
-    async def _consume(self, model: Model, request: GenerationRequest, received: list[int]) -> StreamEnd:
+    async def consume_stream(self, model: Model, request: GenerationRequest, received: list[int],
+                             watch: Callable[[str], bool] | None = None,
+                             text: list[str] | None = None) -> StreamEnd | None:
+        """Read ``model.stream(request)`` to its end, counting output tokens into ``received[0]``.
+
+        With ``watch``, sample 0's text so far goes to ``watch`` on every text
+        delta (and its pieces into ``text``); once it returns True the stream
+        is closed (which cancels the request) and None is returned.
+
+        Raises:
+            ModelAPIError: the stream ended without a result (retryable).
+        """
         stream = model.stream(request)
         end: StreamEnd | None = None
         try:
             async for item in stream:
                 if isinstance(item, StreamDelta):
                     received[0] += item.tokens
+                    if watch is not None and item.index == 0 and item.text:
+                        parts = text if text is not None else []
+                        parts.append(item.text)
+                        if watch("".join(parts)):
+                            return None
                 elif isinstance(item, StreamEnd):
                     end = item
         finally:
@@ -399,9 +418,10 @@ class RunContext:
                                 backend=model.backend)
         return end
 
-    def _settle_failed(self, res: Any, exc: BaseException | None, worst: Usage, received: int,
-                       model: Model, key: str | None, role: str) -> None:
-        """Settle a failed attempt at what it may have cost, or release it."""
+    def settle_failed(self, res: Any, exc: BaseException | None, worst: Usage, received: int,
+                      model: Model, role: str, *, key: str | None = None) -> None:
+        """Settle a failed attempt (reservation ``res`` of ``worst``, ``received``
+        output tokens seen) at what it may have cost, or release it."""
         settled: Usage | None
         out = min(received, worst.output_tokens)
         if isinstance(exc, ModelAPIError):
@@ -444,15 +464,6 @@ class RunContext:
         counts = self.stats["key_counts"]
         counts[base] += 1
         return f"{base}|{counts[base] - 1}"
-
-
-def _split_thinking(gens: list[Generation]) -> list[Generation]:
-    """:func:`split_inline_thinking` with its default tags, returning ``gens``
-    itself at once when no reply holds the closing tag (the usual case)."""
-    for g in gens:
-        if _THINK_CLOSE in g.text:
-            return split_inline_thinking(gens)
-    return gens
 
 
 def final_stopped_reason(reason: str, ledger: BudgetLedger, stats: dict[str, Any]) -> str:

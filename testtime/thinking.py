@@ -549,7 +549,10 @@ def split_inline_thinking(generations: list[Generation],
     a policy still never has its thinking read as its answer.
     """
     close = tags[1]
-    if not any(close in g.text for g in generations):
+    for g in generations:  # a plain loop: this runs on every reply, and most hold no tag
+        if close in g.text:
+            break
+    else:
         return generations
     out = []
     for g in generations:

@@ -319,6 +319,13 @@ class Model(abc.ABC):
         return f"<{type(self).__name__} {self.spec}>"
 
 
+def streams_deltas(model: Model) -> bool:
+    """True when ``model`` streams text as it is generated (its ``stream`` is
+    overridden, on the class or the instance); :meth:`Model.stream` itself
+    yields only the end."""
+    return getattr(model.stream, "__func__", None) is not Model.stream
+
+
 def total_usage(generations: Sequence[Generation], *, calls: int | None = None) -> Usage:
     """Sum of the generations' usage; ``calls`` overrides the summed call count."""
     if len(generations) == 1 and calls is None:

@@ -22,19 +22,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 
-from testtime.budget import Usage
 from testtime.context import RunContext
 from testtime.errors import CallFailed, ModelAPIError
-from testtime.models.base import Generation, GenerationRequest, Model, StreamDelta, StreamEnd
-from testtime.models.streaming import cut_usage, failed_attempt_usage
-
-
-def streams_deltas(model: Model) -> bool:
-    """True when ``model`` streams text as it is generated (it overrides
-    :meth:`Model.stream`); the base implementation yields only the end."""
-    return type(model).stream is not Model.stream
+from testtime.models.base import Generation, GenerationRequest, Model, StreamEnd, streams_deltas
+from testtime.models.streaming import cut_usage
 
 
 async def generate_watched(ctx: RunContext, request: GenerationRequest, watch: Callable[[str], bool], *,
@@ -42,7 +34,11 @@ async def generate_watched(ctx: RunContext, request: GenerationRequest, watch: C
     """One sample of ``request`` (``n`` must be 1), stopped once ``watch(text)`` is True.
 
     Returns the generation (``finish_reason="detected"`` when stopped early;
-    its text is everything received) and whether it was stopped early.
+    its text is everything received) and whether it was stopped early. The
+    reservation, the stream and the settlement are the run context's own
+    (:meth:`RunContext.consume_stream`, :meth:`~RunContext.settle_sent`,
+    :meth:`~RunContext.settle_failed`): a watched call is charged by the same
+    rules as any other.
 
     Raises:
         BudgetExhausted / BudgetOverdrawn: the worst case did not fit.
@@ -56,75 +52,31 @@ async def generate_watched(ctx: RunContext, request: GenerationRequest, watch: C
         return gens[0], False
     worst = model.worst_case(request)
     res = await ctx.reserve(worst, role=role, model=model)
+    received = [0]
     parts: list[str] = []
-    received = 0
-    end: StreamEnd | None = None
-    early = False
     t0 = time.monotonic()
-
-    def cut_cost() -> Usage:
-        # Cut after sending: the provider may bill the prompt and what it generated.
-        return cut_usage(input_tokens=worst.input_tokens, received=min(received, worst.output_tokens),
-                         calls=max(worst.calls, 1), price=model.price)
-
-    stream = model.stream(request)
     try:
-        try:
-            async for item in stream:
-                if isinstance(item, StreamDelta):
-                    received += item.tokens
-                    if item.index == 0 and item.text:
-                        parts.append(item.text)
-                        if watch("".join(parts)):
-                            early = True
-                            break
-                elif isinstance(item, StreamEnd):
-                    end = item
-        finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if end is None and not early:
-            raise ModelAPIError(f"{model.spec}: the stream ended without a result", retryable=True,
-                                backend=model.backend)
+        end = await ctx.consume_stream(model, request, received, watch=watch, text=parts)
     except ModelAPIError as exc:
-        if not res.done:
-            failed = failed_attempt_usage(exc, input_tokens=worst.input_tokens,
-                                          received=min(received, worst.output_tokens),
-                                          calls=max(worst.calls, 1), price=model.price)
-            if failed is None:
-                res.release()
-            else:
-                res.settle(failed)
+        ctx.settle_failed(res, exc, worst, received[0], model, role)
         ctx.stats["errors"] = ctx.stats.get("errors", 0) + 1
         ctx.stats["last_error"] = exc
         ctx.tracer.emit("error", where=f"model_call {model.spec}", role=role,
                         error=f"{type(exc).__name__}: {exc}", attempts=1)
         raise CallFailed(exc) from exc
-    except BaseException:
+    except BaseException as exc:
         if not res.done:
-            res.settle(cut_cost())
+            ctx.settle_failed(res, exc, worst, received[0], model, role)
         raise
-    if early:
-        usage = cut_cost()
-        gen = Generation(text="".join(parts), finish_reason="detected", usage=usage, model=model.name)
-    else:
-        assert end is not None
-        usage = end.usage if end.usage is not None else worst
-        if usage.calls < 1:
-            usage = replace(usage, calls=1)
-        gen = end.generations[0]
-    over = res.settle(usage)
-    if over:
-        ctx.tracer.emit("error", where=f"budget {ctx.ledger.name}", role=role,
-                        error=f"{model.spec} billed more than its reservation; the budget is overdrawn",
-                        over=over)
-    ctx.stats["calls_ok"] = ctx.stats.get("calls_ok", 0) + 1
-    if ctx.tracer.sinks:
-        ctx.tracer.emit("model_call", model=model.spec, role=role, n=1, usage=usage.to_dict(),
-                        latency_s=round(time.monotonic() - t0, 6), finish_reasons=[gen.finish_reason],
-                        stopped_early=early)
-    return gen, early
+    early = end is None
+    if end is None:
+        # Closed after sending: the provider may bill the prompt and what it generated.
+        usage = cut_usage(input_tokens=worst.input_tokens, received=min(received[0], worst.output_tokens),
+                          calls=max(worst.calls, 1), price=model.price)
+        end = StreamEnd(generations=[Generation(text="".join(parts), finish_reason="detected", usage=usage,
+                                                model=model.name)], usage=usage)
+    gens = ctx.settle_sent(request, role, model, worst, res, end, t0)
+    return gens[0], early
 
 
 __all__ = ["generate_watched", "streams_deltas"]

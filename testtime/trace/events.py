@@ -138,8 +138,6 @@ def redact_text(value: str) -> str:
     return value
 
 
-_redact_text = redact_text
-
 
 def redact(value: Any, key: str = "") -> Any:
     """Remove secrets from a value destined for a trace or log."""
@@ -149,13 +147,13 @@ def redact(value: Any, key: str = "") -> Any:
     if key and _secret_key(key):
         return "[redacted]"
     if isinstance(value, str):
-        return _redact_text(value)
+        return redact_text(value)
     if kind in _PLAIN:
         return value
     if isinstance(value, dict):
         return _redact_items(value, {})
     if isinstance(value, (list, tuple)):
-        return [v if type(v) in _PLAIN else _redact_text(v) if type(v) is str else redact(v)
+        return [v if type(v) in _PLAIN else redact_text(v) if type(v) is str else redact(v)
                 for v in value]
     return value
 
@@ -205,11 +203,11 @@ def _redact_value(v: Any, key: str) -> Any:
     """:func:`redact` for a value that is not plain, under a key known not to look secret."""
     vt = type(v)
     if vt is str:
-        return _redact_text(v)
+        return redact_text(v)
     if vt is dict:
         return _redact_items(v, {})
     if vt is list or vt is tuple:
-        return [x if type(x) in _PLAIN else _redact_text(x) if type(x) is str else redact(x) for x in v]
+        return [x if type(x) in _PLAIN else redact_text(x) if type(x) is str else redact(x) for x in v]
     return redact(v, key)
 
 
