@@ -322,10 +322,10 @@ class BudgetLedger:
         self._lock = threading.RLock() if parent is None else parent._lock
         # This ledger and its ancestors, nearest first: fixed at creation (a
         # ledger's parent never changes), so the hot path does not rebuild it.
-        self._chain_t: tuple[BudgetLedger, ...] = (self,) + (parent._chain_t if parent is not None else ())
-        self._root = self._chain_t[-1]
+        self._chain: tuple[BudgetLedger, ...] = (self,) + (parent._chain if parent is not None else ())
+        self._root = self._chain[-1]
         # Whether any ledger in the chain limits wall time (remaining("seconds") is asked per call).
-        self._timed = any(node.budget.seconds is not None for node in self._chain_t)
+        self._timed = any(node.budget.seconds is not None for node in self._chain)
         # Spent per dimension, indexed like DIMENSIONS, then the settled cached and
         # reasoning tokens (_SPENT_SLOTS floats: one add per settle records it all;
         # adding dataclasses on every settle is measurable on the hot path).
@@ -379,7 +379,7 @@ class BudgetLedger:
             return _INF  # asked on every call: no ledger in the chain limits time
         with self._lock:
             room = _INF
-            for node in self._chain_t:
+            for node in self._chain:
                 lim = node.limit(dimension)
                 if lim is not None:
                     used = node.spent(dimension) + node.reserved(dimension)
@@ -445,7 +445,7 @@ class BudgetLedger:
                 or the time budget is already used up.
         """
         with self._lock:
-            chain = self._chain_t
+            chain = self._chain
             for node in chain:
                 if node.overdrawn:
                     node.refusals += 1
@@ -484,7 +484,7 @@ class BudgetLedger:
         with self._lock:
             amounts = amount.amounts()
             try:
-                for node in self._chain_t:
+                for node in self._chain:
                     if node.overdrawn:
                         return False
                     node._check(amount, count=False, amounts=amounts)
@@ -521,7 +521,7 @@ class BudgetLedger:
         a = amount.amounts()
         base = plus.amounts() if plus is not None else (0.0,) * _NDIM
         with self._lock:
-            for node in self._chain_t:
+            for node in self._chain:
                 if node.overdrawn:
                     return 0
                 for i, dim, lim in node._limits:
@@ -556,7 +556,7 @@ class BudgetLedger:
         """
         with self._lock:
             used = _spent_vector(actual)
-            for node in self._chain_t:
+            for node in self._chain:
                 node._record(used, role)
 
     def restore(self, spent: Usage, seconds: float = 0.0) -> None:
@@ -567,7 +567,7 @@ class BudgetLedger:
         """
         with self._lock:
             used = _spent_vector(spent)
-            for node in self._chain_t:
+            for node in self._chain:
                 node._spent[:] = map(_add, node._spent, used)
             self._seconds_offset += seconds
 
@@ -616,9 +616,6 @@ class BudgetLedger:
         """The run's top ledger (this one when it has no parent)."""
         return self._root
 
-    def _chain(self) -> list[BudgetLedger]:
-        return list(self._chain_t)
-
     def _check(self, amount: Usage, *, count: bool = True, amounts: tuple[float, ...] | None = None) -> None:
         if amounts is None:
             amounts = amount.amounts()
@@ -663,7 +660,7 @@ class BudgetLedger:
                         excess = used[i] - held[i]
                         if excess > (1e-12 if dim == "usd" else 0):
                             over[dim] = excess
-            for node in self._chain_t:
+            for node in self._chain:
                 reserved = node._reserved
                 reserved[:] = map(_sub, reserved, held)
                 # Float USD sums drift by ~1e-18; snap them back to zero. The
