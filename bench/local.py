@@ -56,13 +56,13 @@ import sys
 import time
 from typing import Any
 
+from testtime.search.base import DEFAULT_SYSTEM
+
 QUESTION = "Write a long story about a dragon who learns to count."
 TOKENS = 64
 
 
 def _messages() -> list[dict[str, str]]:
-    from testtime.search.base import DEFAULT_SYSTEM
-
     return [{"role": "system", "content": DEFAULT_SYSTEM}, {"role": "user", "content": QUESTION}]
 
 
@@ -270,13 +270,11 @@ def main_placement(rounds: int, reps: int, threads: int) -> None:
         print(f"| {placement} | {wait or '(default)'} | {statistics.median(rates[(placement, wait)]):.1f} |")
 
 
-#: Candidate system prompts, longest (the old default) first.
+#: Candidate system prompts, longest (the default, DEFAULT_SYSTEM) first.
 PROMPTS = {
-    "old default": ("You are a careful problem solver. Think step by step. Separate the steps of "
-                    "your reasoning with a blank line. Finish with a line of the form "
-                    "'The answer is X.' where X is the final answer."),
-    "new default": ("Think step by step, with a blank line between steps. Finish with a line "
-                    "'The answer is X.' where X is the final answer."),
+    "default": DEFAULT_SYSTEM,
+    "blank-line steps": ("Think step by step, with a blank line between steps. Finish with a line "
+                         "'The answer is X.' where X is the final answer."),
     "shorter": "Think step by step. Finish with 'The answer is X.' where X is the final answer.",
     "shortest": "End with 'The answer is X.'",
 }
@@ -434,8 +432,6 @@ def child_quality(weights: str, threads: int, flash_attn: bool = True) -> dict[s
     np.save(path, logp.astype(np.float32))
 
     async def answers() -> list[str]:
-        from testtime.search.base import DEFAULT_SYSTEM
-
         reqs = [GenerationRequest(prompt=q, system=DEFAULT_SYSTEM, max_tokens=256, temperature=0.0)
                 for q, _ in arithmetic_questions()]
         # One at a time: batches of other shapes change the arithmetic, hence a greedy text now and then.
