@@ -8,8 +8,11 @@
    stack (one request per sample): wall time vs one call. Target (issue
    13): <= 1.5x for N = 100. A raw-socket row shows what the server itself
    allows, and a last row the default ``max_concurrency`` (64: two waves).
+3. Between them, where a sample's time goes at 1 sample/request: the bare
+   model work, then the strategy and its tree, the spend path, the events.
 
-Run: ``python bench/overhead.py`` (add ``--quick`` for fewer repetitions).
+Run: ``python bench/overhead.py`` (add ``--quick`` for fewer repetitions;
+``--profile`` prints only where one 1-sample/request run spends its time).
 """
 
 from __future__ import annotations
@@ -58,6 +61,67 @@ async def full_stack(model: Model, n: int, batch: int, *, traced: bool = True) -
     if len(result.candidates) != n:
         raise RuntimeError(f"expected {n} candidates, got {len(result.candidates)}")
     return elapsed
+
+
+class UnaccountedContext(RunContext):
+    """A run context whose calls go straight to the model: no reservation,
+    settlement, retry loop or ``model_call`` event. Only for the breakdown
+    below (what the strategy and its search tree cost on their own)."""
+
+    async def generate(self, request: GenerationRequest, *, role: str = "solve",
+                       model: Model | None = None) -> list:
+        return await (model or self.model).generate(request)
+
+
+async def strategy_only(model: Model, n: int) -> float:
+    """Wall time of n samples through self-consistency (candidates, vote, search tree) alone."""
+    ctx = UnaccountedContext(model=model, tracer=Tracer(sinks=[]), max_tokens=16)
+    t0 = time.perf_counter()
+    result = await testtime.arun("What is 2+2?", strategy=SelfConsistency(n=n, batch=1), context=ctx)
+    elapsed = time.perf_counter() - t0
+    if len(result.candidates) != n:
+        raise RuntimeError(f"expected {n} candidates, got {len(result.candidates)}")
+    return elapsed
+
+
+def breakdown_rows(reps: int) -> list[tuple[str, float]]:
+    """µs per sample at 1 sample/request, layer by layer (interleaved, medians of ``reps``)."""
+    n = 2000
+    runs = {
+        "bare gather (the model's own work)": lambda m: bare_gather(m, n, 1),
+        "+ self-consistency and its search tree (no ledger, no events)": lambda m: strategy_only(m, n),
+        "+ the spend path (reserve, settle, retry loop), no trace sink": lambda m: full_stack(m, n, 1, traced=False),
+        "+ trace events to an in-memory sink (the full stack)": lambda m: full_stack(m, n, 1),
+    }
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for run in runs.values():  # one untimed run each
+        asyncio.run(run(ScriptedModel(["The answer is 4."])))
+    for _ in range(reps):
+        for label, run in runs.items():
+            times[label].append(asyncio.run(run(ScriptedModel(["The answer is 4."]))))
+    return [(label, statistics.median(ts) / n * 1e6) for label, ts in times.items()]
+
+
+def profile_one_per_request(top: int = 15) -> None:
+    """Print the functions that own the most time in one 2,000-sample, 1/request full-stack run."""
+    import cProfile
+    import pstats
+
+    model = ScriptedModel(["The answer is 4."])
+    asyncio.run(full_stack(model, 2000, 1))  # warm
+    profiler = cProfile.Profile()
+    profiler.enable()
+    asyncio.run(full_stack(model, 2000, 1))
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
+    t = Table(title=f"Own time per function, 2000 samples at 1/request under cProfile ({total * 1e3:.0f} ms in all)")
+    for col in ("function", "calls", "own ms", "share of run"):
+        t.add_column(col, justify="right")
+    for (path, line, name), (_, calls, own, _, _) in rows:
+        t.add_row(f"{path.rsplit('/', 1)[-1]}:{line} {name}", str(calls), f"{own * 1e3:.1f}", f"{own / total:.1%}")
+    Console().print(t)
 
 
 def overhead_rows(reps: int) -> list[tuple[str, float, float, float]]:
@@ -179,7 +243,12 @@ def parallel_rows(reps: int) -> list[tuple[str, float, float, float | None]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile one 1-sample/request full-stack run (cProfile, top functions by own time)")
     args = parser.parse_args()
+    if args.profile:
+        profile_one_per_request()
+        return
     reps = 2 if args.quick else 5
     console = Console()
 
@@ -189,6 +258,15 @@ def main() -> None:
     for name, bare, stack, ratio in overhead_rows(reps):
         t.add_row(name, f"{bare:,.0f}", f"{stack:,.0f}", f"{ratio:.0%}", f"{1e6 / bare:.1f}", f"{1e6 / stack:.1f}")
     console.print(t)
+
+    b = Table(title="Where a sample's time goes, 1 sample/request (median of runs)")
+    for col in ("layers", "µs / sample", "added by the layer"):
+        b.add_column(col, justify="right")
+    last = 0.0
+    for label, us in breakdown_rows(reps):
+        b.add_row(label, f"{us:.1f}", "-" if not last else f"{us - last:+.1f}")
+        last = us
+    console.print(b)
 
     p = Table(title="Parallel efficiency, loopback server with 100 ms latency (openai backend)")
     for col in ("N samples as", "wall (s)", "wall / one call", "client CPU ms / request"):

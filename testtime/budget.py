@@ -340,6 +340,7 @@ class BudgetLedger:
         self._in_flight = 0  # open reservations here and in every descendant
         self._settles = 0  # bumps on every settle/release (for waiters)
         self._waiters: list[tuple[Any, Any]] = []
+        self._amounts_memo: tuple[Usage, tuple[float, ...]] | None = None
         self.refusals = 0
         #: Dimension -> total excess of settles over their reservations (empty: never overdrawn).
         self.overdrawn: dict[str, float] = {}
@@ -450,7 +451,13 @@ class BudgetLedger:
                 if node.overdrawn:
                     node.refusals += 1
                     raise BudgetOverdrawn(node.name, node.overdrawn)
-            amounts = amount.amounts()
+            # The samples of one question reserve one (memoised) worst case again and again.
+            memo = self._amounts_memo
+            if memo is not None and memo[0] is amount:
+                amounts = memo[1]
+            else:
+                amounts = amount.amounts()
+                self._amounts_memo = (amount, amounts)
             for node in chain:
                 if node._limits:  # an unlimited ledger has nothing to check
                     node._check(amount, amounts=amounts)

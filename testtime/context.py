@@ -264,7 +264,9 @@ class RunContext:
                 token = current_tracer.set(self.tracer)
                 try:
                     timeout = ledger.remaining("seconds")
-                    consume = model.stream_end(request) if whole else self.consume_stream(model, request, received)
+                    # A whole-reply model's generate() is awaited as is (Model.stream_end
+                    # without its coroutine); its StreamEnd is built after.
+                    consume = model.generate(request) if whole else self.consume_stream(model, request, received)
                     if timeout == _INF:
                         end = await consume
                     else:
@@ -273,6 +275,8 @@ class RunContext:
                         except TimeoutError:
                             self.settle_failed(res, None, worst, received[0], model, role, key=key)
                             raise BudgetExhausted("seconds", 0.0, 0.0, ledger.name) from None
+                    if whole:
+                        end = model.whole_end(end)
                 except BaseException as exc:
                     if not res.done:
                         self.settle_failed(res, exc, worst, received[0], model, role, key=key)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from testtime.budget import Budget, BudgetLedger, Usage
 from testtime.context import RunContext
 from testtime.models.base import Generation
@@ -127,3 +129,62 @@ def test_ledger_totals_by_role_after_settles_charges_and_restore() -> None:
     }
     assert root.spent("tokens") == 30 and stage.spent("calls") == 2
     assert stage.remaining("tokens") == 1000 - 20 and root.remaining("seconds") == float("inf")
+
+
+def test_worst_case_memo_recomputes_when_the_request_price_or_native_n_changes() -> None:
+    from testtime.models.base import Capabilities, GenerationRequest
+    from testtime.models.prices import Price
+
+    class Switchable(ScriptedModel):
+        native = False
+
+        @property
+        def capabilities(self) -> Capabilities:
+            return Capabilities(native_n=self.native, exact_token_count=True)
+
+    model = Switchable(price=Price(input=1.0, output=2.0))
+    req = GenerationRequest(prompt="What is 2 + 2?", n=4, max_tokens=10)
+    first = model.worst_case(req)
+    assert model.worst_case(req) is first  # the same frozen request: memoised
+    assert first == Switchable(price=Price(input=1.0, output=2.0)).worst_case(req)
+    assert first.calls == 4 and first.input_tokens == 4 * model.input_upper_bound(req)
+    longer = req.with_(max_tokens=20)  # a new request object with other fields
+    assert model.worst_case(longer).output_tokens == 80
+    model.price = Price(input=10.0, output=20.0)
+    assert model.worst_case(req).usd == 10 * first.usd
+    model.native = True  # e.g. a server found to honour n: one request, the prompt once
+    native = model.worst_case(req)
+    assert native.calls == 1 and native.input_tokens == first.input_tokens // 4
+
+
+async def test_a_whole_reply_model_that_returns_no_list_raises_and_leaves_nothing_reserved() -> None:
+    from testtime.models.base import Model
+
+    class Broken(Model):
+        backend = "broken"
+
+        async def generate(self, request):  # not a list of generations: a backend bug
+            return None
+
+    from testtime.models.base import GenerationRequest
+
+    ledger = BudgetLedger(Budget(tokens=1000))
+    ctx = RunContext(model=Broken("b"), ledger=ledger, max_tokens=16)
+    with pytest.raises(TypeError):
+        await ctx.generate(GenerationRequest(prompt="What is 2+2?", max_tokens=16))
+    assert ledger.reserved("tokens") == 0 and ledger.in_flight() == 0
+
+
+def test_streams_deltas_sees_a_stream_overridden_on_the_class_or_the_instance() -> None:
+    from testtime.models.base import streams_deltas
+
+    class Streaming(ScriptedModel):
+        async def stream(self, request):
+            yield None
+
+    plain = ScriptedModel()
+    assert not streams_deltas(plain)
+    assert streams_deltas(Streaming())
+    patched = ScriptedModel()
+    patched.stream = Streaming().stream  # type: ignore[method-assign]
+    assert streams_deltas(patched) and not streams_deltas(plain)

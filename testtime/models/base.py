@@ -183,6 +183,9 @@ class Model(abc.ABC):
     #: How the spend path retries this backend's failed attempts (None: never).
     #: API backends set it; each retry is reserved and counted as a call.
     retry_policy: RetryPolicy | None = None
+    #: (request, price, native_n, worst case) of the last :meth:`worst_case`: the
+    #: samples of one question are one frozen request, asked about on every call.
+    _worst_memo: tuple[Any, ...] | None = None
 
     def __init__(self, name: str, *, price: Price | None = None, max_concurrency: int = 64) -> None:
         self.name = name
@@ -225,14 +228,19 @@ class Model(abc.ABC):
     async def stream_end(self, request: GenerationRequest) -> StreamEnd:
         """What the default :meth:`stream` yields: the whole attempt as one :class:`StreamEnd`.
 
-        The spend path awaits it directly for backends that do not override
-        :meth:`stream` (no async generator per call).
+        For backends that do not override :meth:`stream`, the spend path does
+        the same without this coroutine: it awaits :meth:`generate` and
+        builds the end with :meth:`whole_end` (no async generator per call).
         """
-        gens = await self.generate(request)
-        usage = total_usage(gens)
+        return self.whole_end(await self.generate(request))
+
+    def whole_end(self, generations: list[Generation]) -> StreamEnd:
+        """The :class:`StreamEnd` of an attempt whose :meth:`generate` returned ``generations``."""
+        usage = total_usage(generations)
         # A native-n backend answered in one request; a fan-out sent one per sample.
         calls = 1 if self.capabilities.native_n else max(usage.calls, 1)
-        return StreamEnd(generations=gens, usage=usage if usage.calls == calls else replace(usage, calls=calls))
+        return StreamEnd(generations=generations,
+                         usage=usage if usage.calls == calls else replace(usage, calls=calls))
 
     async def _limited(self, request: GenerationRequest) -> Generation:
         loop = asyncio.get_running_loop()
@@ -285,13 +293,16 @@ class Model(abc.ABC):
             from testtime.thinking import worst_case as thinking_worst_case
 
             return thinking_worst_case(self, request, request.thinking)
-        inp = self.input_upper_bound(request)
         native = self.capabilities.native_n
+        memo = self._worst_memo
+        if memo is not None and memo[0] is request and memo[1] is self.price and memo[2] is native:
+            return memo[3]
+        inp = self.input_upper_bound(request)
         calls_in = inp * (1 if native else request.n)
         out = request.n * request.max_tokens
         if request.thinking_budget:
             out += request.n * request.thinking_budget
-        return Usage(
+        worst = Usage(
             input_tokens=calls_in,
             output_tokens=out,
             # A fan-out sends one request per sample; `calls` counts requests.
@@ -299,6 +310,8 @@ class Model(abc.ABC):
             # max_cost: the dearest input rate, whatever part is cached or written to the cache.
             usd=self.price.max_cost(calls_in, out),
         )
+        self._worst_memo = (request, self.price, native, worst)
+        return worst
 
     def usage(self, input_tokens: int, output_tokens: int, cached_tokens: int = 0, calls: int = 1, *,
               cache_write_tokens: int = 0) -> Usage:
@@ -323,7 +336,9 @@ def streams_deltas(model: Model) -> bool:
     """True when ``model`` streams text as it is generated (its ``stream`` is
     overridden, on the class or the instance); :meth:`Model.stream` itself
     yields only the end."""
-    return getattr(model.stream, "__func__", None) is not Model.stream
+    # Asked on every call: the class attribute and the instance dict, without
+    # building a bound method.
+    return type(model).stream is not Model.stream or "stream" in getattr(model, "__dict__", ())
 
 
 def total_usage(generations: Sequence[Generation], *, calls: int | None = None) -> Usage:
