@@ -61,11 +61,11 @@ _KNOWN_OPTIONS = {"n_threads", "threads", "n_ctx", "n_batch", "n_seq", "weights"
 
 #: ``weights=`` values: llama.cpp file types a GGUF may be converted to once (``file``: as it is).
 #: Only formats that keep the shipped Q4_1 model's predictions were kept (bench/local.py --quality:
-#: KL 0.004-0.006 nats/token from the shipped file); Q4_0 / IQ4_NL decode faster but requantizing
-#: 4-bit weights to 4 bits raised perplexity 18-25%, so they are not offered.
+#: KL 0.004-0.006 nats/token from the shipped file); Q4_0 / IQ4_NL / Q4_K decode faster but requantizing
+#: 4-bit weights to 4 bits raised perplexity 9-28% (KL 0.07-0.32), so they are not offered.
 WEIGHT_FORMATS = ("file", "bf16", "f16", "q8_0")
 #: ``local``'s default weights: the shipped Q4_1 file converted to Q8_0 once (bench/local.py:
-#: n=8 batched 2.2x bare sequential against 1.9-2.0x on the Q4_1 file, n=1 about the same; predictions differ
+#: n=8 batched 1.9-2.2x bare sequential against 1.8-2.0x on the Q4_1 file, n=1 about the same; predictions differ
 #: from the file's about as much as switching flash attention does). ``local?weights=file`` is the file.
 LOCAL_WEIGHTS = "q8_0"
 #: Where converted GGUFs are kept: ``$TESTTIME_CACHE_DIR``, else ``$XDG_CACHE_HOME/testtime``, else ``~/.cache/testtime``.
