@@ -14,7 +14,8 @@ import pytest
 
 from testtime.budget import Budget, BudgetLedger, Usage
 from testtime.context import RunContext
-from testtime.models.base import Generation
+from testtime.models.base import Capabilities, Generation, GenerationRequest, Model, streams_deltas
+from testtime.models.prices import Price
 from testtime.models.scripted import FunctionModel, ScriptedModel
 from testtime.search.base import Problem, SearchTree, draw_solutions
 from testtime.trace.events import Tracer
@@ -132,9 +133,6 @@ def test_ledger_totals_by_role_after_settles_charges_and_restore() -> None:
 
 
 def test_worst_case_memo_recomputes_when_the_request_price_or_native_n_changes() -> None:
-    from testtime.models.base import Capabilities, GenerationRequest
-    from testtime.models.prices import Price
-
     class Switchable(ScriptedModel):
         native = False
 
@@ -158,15 +156,11 @@ def test_worst_case_memo_recomputes_when_the_request_price_or_native_n_changes()
 
 
 async def test_a_whole_reply_model_that_returns_no_list_raises_and_leaves_nothing_reserved() -> None:
-    from testtime.models.base import Model
-
     class Broken(Model):
         backend = "broken"
 
         async def generate(self, request):  # not a list of generations: a backend bug
             return None
-
-    from testtime.models.base import GenerationRequest
 
     ledger = BudgetLedger(Budget(tokens=1000))
     ctx = RunContext(model=Broken("b"), ledger=ledger, max_tokens=16)
@@ -176,8 +170,6 @@ async def test_a_whole_reply_model_that_returns_no_list_raises_and_leaves_nothin
 
 
 def test_streams_deltas_sees_a_stream_overridden_on_the_class_or_the_instance() -> None:
-    from testtime.models.base import streams_deltas
-
     class Streaming(ScriptedModel):
         async def stream(self, request):
             yield None
