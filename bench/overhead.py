@@ -84,8 +84,25 @@ async def strategy_only(model: Model, n: int) -> float:
     return elapsed
 
 
-def breakdown_rows(reps: int) -> list[tuple[str, float]]:
-    """µs per sample at 1 sample/request, layer by layer (interleaved, medians of ``reps``)."""
+class GCClock:
+    """Seconds the cyclic garbage collector ran while installed (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._start
+
+
+def breakdown_rows(reps: int) -> list[tuple[str, float, float]]:
+    """(layers, µs per sample, of which garbage collection) at 1 sample/request, layer by
+    layer (interleaved, medians of ``reps``)."""
+    import gc
+
     n = 2000
     runs = {
         "bare gather (the model's own work)": lambda m: bare_gather(m, n, 1),
@@ -94,12 +111,21 @@ def breakdown_rows(reps: int) -> list[tuple[str, float]]:
         "+ trace events to an in-memory sink (the full stack)": lambda m: full_stack(m, n, 1),
     }
     times: dict[str, list[float]] = {label: [] for label in runs}
+    collecting: dict[str, list[float]] = {label: [] for label in runs}
     for run in runs.values():  # one untimed run each
         asyncio.run(run(ScriptedModel(["The answer is 4."])))
-    for _ in range(reps):
-        for label, run in runs.items():
-            times[label].append(asyncio.run(run(ScriptedModel(["The answer is 4."]))))
-    return [(label, statistics.median(ts) / n * 1e6) for label, ts in times.items()]
+    clock = GCClock()
+    gc.callbacks.append(clock)
+    try:
+        for _ in range(reps):
+            for label, run in runs.items():
+                before = clock.seconds
+                times[label].append(asyncio.run(run(ScriptedModel(["The answer is 4."]))))
+                collecting[label].append(clock.seconds - before)
+    finally:
+        gc.callbacks.remove(clock)
+    return [(label, statistics.median(times[label]) / n * 1e6, statistics.median(collecting[label]) / n * 1e6)
+            for label in runs]
 
 
 def profile_one_per_request(top: int = 15) -> None:
@@ -260,11 +286,11 @@ def main() -> None:
     console.print(t)
 
     b = Table(title="Where a sample's time goes, 1 sample/request (median of runs)")
-    for col in ("layers", "µs / sample", "added by the layer"):
+    for col in ("layers", "µs / sample", "added by the layer", "of which garbage collection µs"):
         b.add_column(col, justify="right")
     last = 0.0
-    for label, us in breakdown_rows(reps):
-        b.add_row(label, f"{us:.1f}", "-" if not last else f"{us - last:+.1f}")
+    for label, us, gc_us in breakdown_rows(reps):
+        b.add_row(label, f"{us:.1f}", "-" if not last else f"{us - last:+.1f}", f"{gc_us:.1f}")
         last = us
     console.print(b)
 
